@@ -1,0 +1,306 @@
+"""The HTTP API (contract §9): thin routes over the service functions.
+
+Every path but /health needs `Authorization: Bearer <token>`; each route names
+the roles it admits. Errors name fields (JSON pointers), never values.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from consent.fhir import ConsentInvalid
+from hub import consents as consent_service
+from hub import credentials
+from hub.credentials import Principal
+from hub.pipeline import check, record_rejection
+from hub.streams import INBOUND_STREAM, inbound_subject
+from schemas import identifiers
+from schemas.events import Rejected
+from schemas.vocab import NHS_NUMBER_SYSTEM, SOURCE_KINDS
+
+if TYPE_CHECKING:
+    from hub.bootstrap import Hub
+
+MAX_INBOUND_BYTES = 256 * 1024
+FHIR_JSON = "application/fhir+json"
+
+
+def _hub(request: Request) -> "Hub":
+    return request.app.state.hub
+
+
+def _json(data: Any, status: int = 200, media_type: str = "application/json", headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=media_type, headers=headers)
+
+
+def _errors(status: int, errors: list[dict]) -> Response:
+    return _json({"errors": errors}, status)
+
+
+def _outcome(status: int, errors: list[dict], code: str = "invalid") -> Response:
+    """FHIR endpoints answer errors as an OperationOutcome."""
+    issues = [{"severity": "error", "code": code, "diagnostics": e["message"],
+               **({"location": [e["pointer"]]} if e.get("pointer") is not None else {})} for e in errors]
+    return _json({"resourceType": "OperationOutcome", "issue": issues}, status, FHIR_JSON)
+
+
+async def principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    async with _hub(request).deps.uow() as uow:
+        who = await credentials.authenticate(uow, token.strip())
+    if who is None:
+        raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    return who
+
+
+def require(*roles: str):
+    async def _check(who: Principal = Depends(principal)) -> Principal:
+        if who.role not in roles:
+            raise HTTPException(403, f"this needs one of the roles: {', '.join(roles)}")
+        return who
+    return _check
+
+
+def _nhs(value: str) -> str:
+    try:
+        return identifiers.nhs_number(value)
+    except ValueError as exc:
+        raise HTTPException(422, f"nhs_number {exc}") from None
+
+
+# --- inbound --------------------------------------------------------------------------
+
+inbound = APIRouter(tags=["inbound"])
+
+
+@inbound.post("/api/v1/inbound/{kind}", status_code=202,
+              responses={202: {"description": "durably held; body has the event id"},
+                         422: {"description": "refused: errors as JSON pointer + message"}})
+async def post_inbound(kind: str, request: Request, who: Principal = Depends(require("publisher"))):
+    """Same as publishing to hub.inbound.{kind}.{org_id} (§2): 202 once the
+    message is durably held in JetStream, 422 with the errors of §6."""
+    hub = _hub(request)
+    if kind not in SOURCE_KINDS:
+        raise HTTPException(404, f"unknown kind; one of {', '.join(SOURCE_KINDS)}")
+    raw = await request.body()
+    if len(raw) > MAX_INBOUND_BYTES:
+        return _errors(413, [{"pointer": "", "message": f"message larger than {MAX_INBOUND_BYTES} bytes"}])
+    result = check(kind, raw, org_id=None, deps=hub.deps)
+    if result.source_org_id and result.source_org_id != who.org_id:
+        return _errors(403, [{"pointer": "/source/org_id", "message": "does not match the credential's organisation"}])
+    subject = inbound_subject(kind, who.org_id)
+    if isinstance(result, Rejected):
+        out = await record_rejection(hub.deps, kind, subject, raw, result, via="http")
+        hub.relay.kick()
+        return _json({"errors": [e.as_dict() for e in result.errors], "dead_letter_id": out.dead_letter_id}, 422)
+    await hub.js.publish(subject, raw, stream=INBOUND_STREAM, timeout=10,
+                         headers={"Nats-Msg-Id": f"{who.org_id}:{result.message_id}"})
+    return _json({"event_id": result.event_id, "status": "accepted"}, 202)
+
+
+# --- consent (FHIR) --------------------------------------------------------------------
+
+fhir = APIRouter(tags=["consent"])
+CONSENT_WRITERS = ("consent-client", "admin")
+CONSENT_READERS = ("consent-client", "admin", "ig-auditor")
+
+
+async def _fhir_body(request: Request) -> dict:
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise _Invalid([{"pointer": "", "message": "not valid JSON"}]) from None
+    if not isinstance(data, dict):
+        raise _Invalid([{"pointer": "", "message": "must be a JSON object (a FHIR Consent)"}])
+    return data
+
+
+class _Invalid(Exception):
+    def __init__(self, errors: list[dict]) -> None:
+        self.errors = errors
+
+
+@fhir.post("/fhir/Consent", status_code=201)
+async def create_consent(request: Request, who: Principal = Depends(require(*CONSENT_WRITERS))):
+    hub = _hub(request)
+    data = await _fhir_body(request)
+    async with hub.deps.uow() as uow:
+        resource = await consent_service.create(uow, hub.deps.audit, data, now=hub.deps.clock.now(),
+                                                actor=who.credential_id)
+        await uow.commit()
+    return _json(resource, 201, FHIR_JSON, headers={
+        "Location": f"/fhir/Consent/{resource['id']}/_history/{resource['meta']['versionId']}"})
+
+
+@fhir.get("/fhir/Consent")
+async def search_consents(request: Request, who: Principal = Depends(require(*CONSENT_READERS))):
+    """?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|<nhs_number>
+    (also accepted as patient.identifier, and with the bare number)."""
+    q = request.query_params
+    value = q.get("patient:identifier") or q.get("patient.identifier") or q.get("patient-identifier")
+    if not value:
+        return _outcome(400, [{"pointer": None, "message": "search needs patient:identifier"}], "required")
+    system, sep, number = value.rpartition("|")
+    if sep and system and system != NHS_NUMBER_SYSTEM:
+        return _outcome(400, [{"pointer": None, "message": f"identifier system must be {NHS_NUMBER_SYSTEM}"}])
+    nhs = _nhs(number)
+    async with _hub(request).deps.uow() as uow:
+        found = await consent_service.search(uow, nhs)
+    return _json({"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                  "entry": [{"fullUrl": f"Consent/{r['id']}", "resource": r, "search": {"mode": "match"}}
+                            for r in found]}, media_type=FHIR_JSON)
+
+
+@fhir.get("/fhir/Consent/{consent_id}")
+async def read_consent(consent_id: str, request: Request, who: Principal = Depends(require(*CONSENT_READERS))):
+    async with _hub(request).deps.uow() as uow:
+        try:
+            return _json(await consent_service.get(uow, consent_id), media_type=FHIR_JSON)
+        except consent_service.ConsentNotFound:
+            return _outcome(404, [{"pointer": None, "message": "no such Consent"}], "not-found")
+
+
+@fhir.put("/fhir/Consent/{consent_id}")
+async def update_consent(consent_id: str, request: Request, who: Principal = Depends(require(*CONSENT_WRITERS))):
+    """A new version; status `inactive` withdraws the consent."""
+    hub = _hub(request)
+    data = await _fhir_body(request)
+    async with hub.deps.uow() as uow:
+        try:
+            resource = await consent_service.update(uow, hub.deps.audit, consent_id, data,
+                                                    now=hub.deps.clock.now(), actor=who.credential_id)
+        except consent_service.ConsentNotFound:
+            return _outcome(404, [{"pointer": None, "message": "no such Consent"}], "not-found")
+        await uow.commit()
+    return _json(resource, media_type=FHIR_JSON)
+
+
+@fhir.post("/fhir/Consent/{consent_id}/$withdraw")
+async def withdraw_consent(consent_id: str, request: Request, who: Principal = Depends(require(*CONSENT_WRITERS))):
+    hub = _hub(request)
+    async with hub.deps.uow() as uow:
+        try:
+            resource = await consent_service.withdraw(uow, hub.deps.audit, consent_id, now=hub.deps.clock.now(),
+                                                      actor=who.credential_id)
+        except consent_service.ConsentNotFound:
+            return _outcome(404, [{"pointer": None, "message": "no such Consent"}], "not-found")
+        await uow.commit()
+    return _json(resource, media_type=FHIR_JSON)
+
+
+# --- information governance and operations ------------------------------------------------
+
+ig = APIRouter(tags=["information governance"])
+IG = ("ig-auditor", "admin")
+
+
+def _row(r: Any, drop: tuple[str, ...] = ()) -> dict:
+    d = dict(r._mapping)
+    for k in drop:
+        d.pop(k, None)
+    for k, v in d.items():
+        if isinstance(v, datetime):
+            d[k] = v.isoformat()
+    return d
+
+
+@ig.get("/api/v1/decisions")
+async def list_decisions(request: Request, nhs_number: str | None = None, recipient: str | None = None,
+                         outcome: str | None = Query(None, pattern="^(permit|deny)$"), event_id: str | None = None,
+                         since: datetime | None = None, until: datetime | None = None,
+                         limit: int = Query(500, ge=1, le=5000),
+                         who: Principal = Depends(require(*IG))):
+    """Every consent decision (permit and deny) with its reason and the consents it used."""
+    nhs = _nhs(nhs_number) if nhs_number else None
+    async with _hub(request).deps.uow() as uow:
+        rows = await uow.decisions.search(nhs_number=nhs, recipient_id=recipient, outcome=outcome,
+                                          event_id=event_id, since=since, until=until, limit=limit)
+    return _json({"decisions": [_row(r) for r in rows]})
+
+
+@ig.get("/api/v1/deliveries")
+async def list_deliveries(request: Request, nhs_number: str | None = None, recipient: str | None = None,
+                          state: str | None = None, event_id: str | None = None,
+                          limit: int = Query(500, ge=1, le=5000), who: Principal = Depends(require(*IG))):
+    """Per candidate recipient: pending, delivered, retrying or withheld, with the categories given."""
+    nhs = _nhs(nhs_number) if nhs_number else None
+    async with _hub(request).deps.uow() as uow:
+        rows = await uow.deliveries.search(nhs_number=nhs, recipient_id=recipient, state=state,
+                                           event_id=event_id, limit=limit)
+    return _json({"deliveries": [_row(r) for r in rows]})
+
+
+@ig.get("/api/v1/unroutable")
+async def list_unroutable(request: Request, event_id: str | None = None, who: Principal = Depends(require(*IG))):
+    """Candidates an event named that the hub cannot reach (§8)."""
+    async with _hub(request).deps.uow() as uow:
+        rows = await uow.unroutable.search(event_id=event_id)
+    return _json({"unroutable": [_row(r) for r in rows]})
+
+
+@ig.get("/api/v1/dead-letters")
+async def list_dead_letters(request: Request, status: str | None = None, kind: str | None = None,
+                            who: Principal = Depends(require(*IG))):
+    async with _hub(request).deps.uow() as uow:
+        rows = await uow.dead_letters.search(status=status, kind=kind)
+    return _json({"dead_letters": [_row(r, drop=("payload",)) for r in rows]})
+
+
+@ig.get("/api/v1/dead-letters/{dead_letter_id}")
+async def get_dead_letter(dead_letter_id: str, request: Request, who: Principal = Depends(require(*IG))):
+    async with _hub(request).deps.uow() as uow:
+        row = await uow.dead_letters.get(dead_letter_id)
+    if row is None:
+        raise HTTPException(404, "no such dead letter")
+    d = _row(row, drop=("payload",))
+    d["payload"] = row.payload.decode("utf-8", errors="replace")
+    return _json(d)
+
+
+@ig.post("/api/v1/dead-letters/{dead_letter_id}/resubmit", status_code=202)
+async def resubmit_dead_letter(dead_letter_id: str, request: Request, who: Principal = Depends(require(*IG))):
+    """Publish the message again, or the corrected message in the request body,
+    to its inbound subject: it is processed as new input under the same rules."""
+    hub = _hub(request)
+    fixed = await request.body()
+    out = await hub.resubmit_dead_letter(dead_letter_id, fixed or None, actor=who.credential_id)
+    if out is None:
+        raise HTTPException(404, "no such dead letter")
+    if isinstance(out, str):
+        raise HTTPException(409, out)
+    return _json({"dead_letter_id": dead_letter_id, "status": "resubmitted"}, 202)
+
+
+def create_app(hub: "Hub") -> FastAPI:
+    app = FastAPI(
+        title="Health and work integration hub",
+        version="0.1.0",
+        description="Consent-gated, minimised, audited delivery of fit notes, OH referrals, "
+                    "Access to Work requests and OH outcomes (contract §9).",
+    )
+    app.state.hub = hub
+
+    @app.exception_handler(ConsentInvalid)
+    async def _consent_invalid(_request: Request, exc: ConsentInvalid):
+        return _outcome(422, [e.as_dict() for e in exc.errors])
+
+    @app.exception_handler(_Invalid)
+    async def _invalid(_request: Request, exc: _Invalid):
+        return _outcome(422, exc.errors)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> JSONResponse:
+        ok = hub.healthy()
+        return JSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
+
+    app.include_router(inbound)
+    app.include_router(fhir)
+    app.include_router(ig)
+    return app

@@ -1,0 +1,234 @@
+"""One bootstrap wires the edges: database, embedded or external NATS,
+FastStream subscriber, outbox relay and the HTTP API. `Hub` is the running
+whole; `hub run` and the tests use it the same way."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+import orjson
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.js import JetStreamContext
+
+from hub import credentials
+from hub.api import create_app
+from hub.audit import AuditLog, load_audit_key
+from hub.clock import Clock
+from hub.db import make_engine, migrate
+from hub.delivery import WebhookChannel
+from hub.directory import Directory, load_directory
+from hub.nats_server import EmbeddedNats, signal_reload
+from hub.outbox import OutboxRelay
+from hub.pipeline import Deps, parse_subject, process_inbound
+from hub.settings import Settings
+from hub.store import UnitOfWorkFactory
+from hub.streams import (
+    INBOUND_CONSUMER,
+    INBOUND_STREAM,
+    ensure_recipient_consumers,
+    ensure_streams,
+    inbound_consumer_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None,
+                 directory: Directory | None = None) -> None:
+        self.settings = settings
+        self.data_dir = settings.resolved_data_dir
+        self.directory = directory or load_directory(settings.directory)
+        self.clock = clock or Clock()
+        self.engine = make_engine(settings.db_url)
+        self.audit = AuditLog(load_audit_key(self.data_dir, settings.audit_key))
+        self.deps = Deps(uow=UnitOfWorkFactory(self.engine), directory=self.directory, clock=self.clock,
+                         audit=self.audit)
+        self.embedded: EmbeddedNats | None = None
+        self.identity = credentials.HubBrokerIdentity.load_or_create(self.data_dir) \
+            if settings.embedded_broker else None
+        self.broker = self._build_broker()
+        self.js: JetStreamContext
+        self.relay: OutboxRelay
+        self._tasks: list[asyncio.Task] = []
+        self._http: httpx.AsyncClient | None = None
+        self.api = create_app(self)
+        self.started = False
+
+    # --- broker side -----------------------------------------------------------------
+
+    def _build_broker(self) -> NatsBroker:
+        s = self.settings
+        if self.identity:
+            user, password = self.identity.user, self.identity.password
+        else:
+            user, password = s.nats_user, s.nats_password
+        broker = NatsBroker(s.broker_url, user=user, password=password, name="hub",
+                            max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=log,
+                            log_level=logging.DEBUG)
+
+        @broker.subscriber(
+            "hub.inbound.>",
+            stream=JStream(INBOUND_STREAM, declare=False),
+            durable=INBOUND_CONSUMER,
+            config=inbound_consumer_config(),
+            pull_sub=PullSub(batch_size=s.inbound_batch, timeout=1.0),
+            ack_policy=AckPolicy.MANUAL,
+            title="hub.inbound.{kind}.{org_id}",
+            description="Source messages (fit notes, referrals, Access to Work, outcomes); "
+                        "a message that breaks a field rule goes to hub.dlq.{kind}.",
+        )
+        async def on_inbound(msg: NatsMessage) -> None:
+            await self.handle_inbound(msg)
+
+        return broker
+
+    async def handle_inbound(self, msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        try:
+            out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
+        except Exception:  # noqa: BLE001 - not acked: JetStream redelivers after the delay
+            log.exception("inbound message on %s failed; will be redelivered", parse_subject(raw.subject)[0])
+            await msg.nack(delay=2.0)
+            return
+        await msg.ack()  # only after the commit
+        if out.outcome != "duplicate":
+            self.relay.kick()
+
+    # --- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        t0 = asyncio.get_running_loop().time()
+        await migrate(self.engine)
+        if self.settings.embedded_broker:
+            async with self.deps.uow() as uow:
+                users = await credentials.broker_users(uow)
+            assert self.identity is not None
+            self.embedded = EmbeddedNats(
+                self.data_dir, self.settings.nats_port, hub_user=self.identity.user,
+                hub_password=self.identity.password, hub_password_hash=self.identity.password_hash, users=users)
+            await self.embedded.start()
+        await self.broker.connect()
+        self.js = self.broker.config.connection_state.stream
+        await ensure_streams(self.js, self.settings)
+        await ensure_recipient_consumers(self.js, self.directory)
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        self.relay = OutboxRelay(self.deps.uow, self.js, WebhookChannel(self._http, self.directory), self.clock,
+                                 self.audit, interval=self.settings.relay_interval_s)
+        await self.broker.start()
+        self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self.started = True
+        log.info("hub started in %.2fs (broker %s, database %s)", asyncio.get_running_loop().time() - t0,
+                 "embedded" if self.embedded else "external", self.engine.url.get_backend_name())
+
+    async def stop(self) -> None:
+        if getattr(self, "relay", None) is not None:
+            await self.relay.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.broker.stop()
+        if self._http is not None:
+            await self._http.aclose()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        await self.engine.dispose()
+        self.started = False
+
+    async def __aenter__(self) -> "Hub":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    def healthy(self) -> bool:
+        conn = self.broker.config.connection_state
+        try:
+            return self.started and bool(conn.connection and conn.connection.is_connected)
+        except Exception:  # noqa: BLE001
+            return False
+
+    # --- operations used by the API and CLI ------------------------------------------------
+
+    async def sync_broker_users(self) -> None:
+        """After a credential change: give the embedded server the new user list."""
+        if self.embedded is None:
+            return
+        async with self.deps.uow() as uow:
+            users = await credentials.broker_users(uow)
+        self.embedded.reload_users(users)
+
+    async def resubmit_dead_letter(self, dead_letter_id: str, fixed: bytes | None, *, actor: str) -> str | None:
+        """Returns None if unknown, an error text if it cannot be resubmitted, else the subject used."""
+        async with self.deps.uow() as uow:
+            row = await uow.dead_letters.get(dead_letter_id)
+            if row is None:
+                return None
+            kind, org_id, errors = parse_subject(row.subject)
+            if errors:
+                return "this dead letter has no valid inbound subject to resubmit to"
+            if fixed is not None:
+                try:
+                    orjson.loads(fixed)
+                except orjson.JSONDecodeError:
+                    return "the corrected message is not valid JSON"
+            payload = fixed if fixed is not None else row.payload
+            await self.js.publish(row.subject, payload, stream=INBOUND_STREAM, timeout=10)
+            now = self.clock.now()
+            await uow.dead_letters.mark_resubmitted(dead_letter_id, now)
+            await uow.audit.append_many([self.audit.row(
+                "dead-letter.resubmitted", actor=actor, at=now, ref=dead_letter_id,
+                detail={"kind": kind, "corrected": fixed is not None})])
+            await uow.commit()
+        return row.subject
+
+
+async def issue_credential_offline(settings: Settings, *, role: str, org_id: str | None) -> dict:
+    """`hub credential issue`: writes to the database and, for the embedded
+    broker, rewrites its users and signals a running server to reload."""
+    from hub.clock import Clock as _Clock
+
+    engine = make_engine(settings.db_url)
+    try:
+        await migrate(engine)
+        directory = load_directory(settings.directory)
+        audit = AuditLog(load_audit_key(settings.resolved_data_dir, settings.audit_key))
+        uow = UnitOfWorkFactory(engine)
+        async with uow() as u:
+            issued = await credentials.issue(u, directory, audit, role=role, org_id=org_id, now=_Clock().now())
+            await u.commit()
+        await _reload_embedded(settings, uow)
+        return issued.public()
+    finally:
+        await engine.dispose()
+
+
+async def revoke_credential_offline(settings: Settings, key: str) -> str:
+    from hub.clock import Clock as _Clock
+
+    engine = make_engine(settings.db_url)
+    try:
+        await migrate(engine)
+        audit = AuditLog(load_audit_key(settings.resolved_data_dir, settings.audit_key))
+        uow = UnitOfWorkFactory(engine)
+        async with uow() as u:
+            cred_id = await credentials.revoke(u, audit, key, now=_Clock().now())
+            await u.commit()
+        await _reload_embedded(settings, uow)
+        return cred_id
+    finally:
+        await engine.dispose()
+
+
+async def _reload_embedded(settings: Settings, uow: UnitOfWorkFactory) -> None:
+    if not settings.embedded_broker:
+        return
+    identity = credentials.HubBrokerIdentity.load_or_create(settings.resolved_data_dir)
+    async with uow() as u:
+        users = await credentials.broker_users(u)
+    signal_reload(settings.resolved_data_dir, users, identity.user, identity.password_hash)

@@ -1,0 +1,97 @@
+"""The consent gate: one explainable decision per candidate recipient, purpose
+and data category the event holds (contract §5, §7). Plain functions.
+
+Order of reasoning for each category:
+1. the recipient type's maximum (§5): a category outside it is refused whatever
+   any consent says (`recipient-maximum`); an employer never gets clinical notes,
+   and gets the diagnosis only if the issuing clinician allowed it;
+2. otherwise the person's consents decide (consent.engine.decide, rules 1-5).
+The recipient is given the event only if `identity` and the event's core
+category are both permitted; otherwise it gets nothing (§5).
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Sequence
+
+from consent.engine import decide
+from consent.model import ConsentRecord, Decision
+from hub.routing import Candidate
+from schemas.events import CanonicalEvent
+from schemas.vocab import CORE_CATEGORY, RECIPIENT_MAXIMUM, RECIPIENT_PURPOSE, Category, RecipientType
+
+_DECISION_NS = uuid.UUID("5f1f2d0e-6c1a-4b8e-9a43-0c2b7d9f1e11")
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryDecision:
+    decision_id: str
+    category: str
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    candidate: Candidate
+    purpose: str
+    decisions: tuple[CategoryDecision, ...]
+    permitted: frozenset[str]
+    deliver: bool
+    reason: str  # why the recipient gets the event, or why it gets nothing
+
+
+def _policy_denial(rule: str, reason: str) -> Decision:
+    return Decision(outcome="deny", rule=rule, reason=reason, basis=())
+
+
+def _policy_limit(event: CanonicalEvent, rtype: RecipientType, category: str) -> Decision | None:
+    if rtype is RecipientType.EMPLOYER:
+        if category == Category.CLINICAL_NOTES:
+            return _policy_denial("never-to-employer", "Denied: clinical notes never reach an employer")
+        if category == Category.DIAGNOSIS and not event.facts.share_diagnosis_with_employer:
+            return _policy_denial(
+                "issuer-withheld",
+                "Denied: the issuing clinician did not allow the diagnosis to be shared with the employer",
+            )
+    if category not in RECIPIENT_MAXIMUM[rtype]:
+        return _policy_denial(
+            "recipient-maximum", f"Denied: a {rtype.value} never receives {category} (contract §5)"
+        )
+    return None
+
+
+def gate(
+    event: CanonicalEvent,
+    candidate: Candidate,
+    consents: Sequence[ConsentRecord],
+    now: datetime,
+) -> GateResult:
+    rtype = candidate.recipient_type
+    purpose = RECIPIENT_PURPOSE[rtype].value
+    org = candidate.org
+    results: list[CategoryDecision] = []
+    permitted: set[str] = set()
+    for category in sorted(event.categories):
+        decision = _policy_limit(event, rtype, category) or decide(
+            consents, purpose=purpose, category=category, org_id=org.id, org_name=org.name, now=now
+        )
+        decision_id = str(uuid.uuid5(_DECISION_NS, f"{event.event_id}|{org.id}|{category}"))
+        results.append(CategoryDecision(decision_id, category, decision))
+        if decision.outcome == "permit":
+            permitted.add(category)
+    core = CORE_CATEGORY[event.event_type].value
+    missing = [c for c in (Category.IDENTITY.value, core) if c not in permitted]
+    if missing:
+        reason = f"Withheld: {org.name} may not have {' or '.join(missing)}, so it receives nothing"
+    else:
+        reason = f"Delivered: {', '.join(sorted(permitted))} for {purpose}"
+    return GateResult(
+        candidate=candidate,
+        purpose=purpose,
+        decisions=tuple(results),
+        permitted=frozenset(permitted),
+        deliver=not missing,
+        reason=reason,
+    )

@@ -1,0 +1,171 @@
+"""The outbox relay: publishes what the pipeline committed.
+
+Rows are written `pending` in the same transaction as their decisions; the
+relay sends each and marks it `delivered` (clearing the stored payload). A
+crash between send and mark re-sends on restart under the same delivery id,
+which the broker's duplicate window (Nats-Msg-Id) or the recipient
+(X-Request-ID) recognises. Dead letters are published to hub.dlq.<kind> the
+same way. Webhook recipients are served by one task each, so a slow or dead
+webhook never holds up anyone else.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from datetime import timedelta
+
+import orjson
+from nats.js import JetStreamContext
+
+from hub.audit import AuditLog
+from hub.clock import Clock
+from hub.delivery import BrokerChannel, DeliveryFailed, WebhookChannel
+from hub.store import UnitOfWorkFactory
+from hub.streams import DLQ_STREAM, dlq_subject
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 300.0
+
+
+def backoff(attempts: int, retry_after: float | None = None) -> float:
+    """Exponential back-off with jitter, capped; a Retry-After wins if longer."""
+    base = min(MAX_BACKOFF_S, 2.0 ** min(attempts, 16))
+    delay = base / 2 + random.uniform(0, base / 2)
+    return max(delay, retry_after or 0.0)
+
+
+class OutboxRelay:
+    def __init__(self, uow: UnitOfWorkFactory, js: JetStreamContext, webhook: WebhookChannel,
+                 clock: Clock, audit: AuditLog, *, interval: float = 1.0, batch: int = 500) -> None:
+        self.uow = uow
+        self.js = js
+        self.broker = BrokerChannel(js)
+        self.webhook = webhook
+        self.clock = clock
+        self.audit = audit
+        self.interval = interval
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self._webhook_tasks: dict[str, asyncio.Task] = {}
+        self._stopping = False
+        self.on_delivered: Callable[[list[str]], None] | None = None
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                busy = await self.drain_once()
+            except Exception:  # noqa: BLE001 - the relay must outlive a database or broker hiccup
+                log.exception("outbox relay pass failed; retrying")
+                busy = False
+            if busy:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in self._webhook_tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._webhook_tasks.values(), return_exceptions=True)
+
+    async def drain_once(self) -> bool:
+        """One pass; True if it found a full batch (more may be waiting)."""
+        now = self.clock.now()
+        async with self.uow() as uow:
+            broker_rows = await uow.deliveries.due(now, channel="broker", limit=self.batch)
+            webhook_recipients = await uow.deliveries.due_recipients(now, channel="webhook")
+            letters = await uow.dead_letters.unpublished(limit=100)
+        for recipient in webhook_recipients:
+            task = self._webhook_tasks.get(recipient)
+            if task is None or task.done():
+                self._webhook_tasks[recipient] = asyncio.create_task(self._serve_webhook(recipient))
+        if broker_rows:
+            await self._send_broker(broker_rows)
+        if letters:
+            await self._publish_dead_letters(letters)
+        return len(broker_rows) >= self.batch
+
+    async def _send_broker(self, rows) -> None:
+        results = await asyncio.gather(
+            *(self.broker.send(r.delivery_id, r.address, r.payload) for r in rows), return_exceptions=True
+        )
+        done = [r for r, res in zip(rows, results) if res is None]
+        now = self.clock.now()
+        async with self.uow() as uow:
+            await uow.deliveries.mark_delivered([r.delivery_id for r in done], now)
+            await uow.audit.append_many([
+                self.audit.row("delivery.delivered", actor="hub", at=now, ref=r.delivery_id,
+                               event_id=r.event_id, detail={"recipient": r.recipient_id, "channel": "broker"})
+                for r in done
+            ])
+            for r, res in zip(rows, results):
+                if isinstance(res, DeliveryFailed):
+                    await uow.deliveries.mark_retry(r.delivery_id, attempts=r.attempts + 1,
+                                                    next_at=now + timedelta(seconds=backoff(r.attempts)),
+                                                    error=res.error)
+            await uow.commit()
+        if done and self.on_delivered:
+            self.on_delivered([r.delivery_id for r in done])
+
+    async def _serve_webhook(self, recipient_id: str) -> None:
+        """Deliver one webhook recipient's due rows in order; stop at the first
+        failure (it is rescheduled) so order per recipient holds."""
+        while True:
+            now = self.clock.now()
+            async with self.uow() as uow:
+                rows = await uow.deliveries.due(now, channel="webhook", recipient_id=recipient_id,
+                                                limit=self.batch)
+            if not rows:
+                return
+            for r in rows:
+                try:
+                    await self.webhook.send(r.delivery_id, r.recipient_id, r.address, r.payload)
+                except DeliveryFailed as exc:
+                    now = self.clock.now()
+                    async with self.uow() as uow:
+                        await uow.deliveries.mark_retry(
+                            r.delivery_id, attempts=r.attempts + 1,
+                            next_at=now + timedelta(seconds=backoff(r.attempts, exc.retry_after)),
+                            error=exc.error)
+                        await uow.commit()
+                    log.warning("webhook delivery %s to %s failed: %s", r.delivery_id, recipient_id, exc.error)
+                    return
+                now = self.clock.now()
+                async with self.uow() as uow:
+                    await uow.deliveries.mark_delivered([r.delivery_id], now)
+                    await uow.audit.append_many([self.audit.row(
+                        "delivery.delivered", actor="hub", at=now, ref=r.delivery_id, event_id=r.event_id,
+                        detail={"recipient": recipient_id, "channel": "webhook"})])
+                    await uow.commit()
+                if self.on_delivered:
+                    self.on_delivered([r.delivery_id])
+
+    async def _publish_dead_letters(self, letters) -> None:
+        now = self.clock.now()
+        published = []
+        for dl in letters:
+            errors = dl.errors if isinstance(dl.errors, list) else orjson.loads(dl.errors)
+            try:
+                await self.js.publish(
+                    dlq_subject(dl.kind), dl.payload, stream=DLQ_STREAM, timeout=5,
+                    headers={"Nats-Msg-Id": dl.dead_letter_id, "Hub-Dead-Letter-Id": dl.dead_letter_id,
+                             "Hub-Errors": orjson.dumps(errors).decode()},
+                )
+                published.append(dl.dead_letter_id)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not publish dead letter %s: %s", dl.dead_letter_id[:12], type(exc).__name__)
+        if published:
+            async with self.uow() as uow:
+                for dl_id in published:
+                    await uow.dead_letters.mark_published(dl_id, now)
+                await uow.commit()

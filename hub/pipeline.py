@@ -1,0 +1,244 @@
+"""The inbound pipeline, as one service function per message:
+
+    subject + bytes -> adapter -> canonical event -> routing -> consent gate
+    -> projection -> (event, decisions, deliveries, audit) committed together
+
+Nothing is published here: the outbox relay (hub.outbox) publishes what this
+committed. Every step is idempotent on the event id, so a redelivered inbound
+message changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import orjson
+
+from adapters import adapt
+from consent.records import records_from_rows
+from hub.audit import AuditLog
+from hub.clock import Clock
+from hub.directory import Directory
+from hub.gate import GateResult, gate
+from hub.projection import project
+from hub.routing import route
+from hub.store import UnitOfWork, UnitOfWorkFactory
+from hub.streams import deliver_subject
+from schemas.events import CanonicalEvent, FieldError, Rejected
+from schemas.vocab import SOURCE_KINDS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Deps:
+    """What the service functions need; built once by hub.bootstrap."""
+
+    uow: UnitOfWorkFactory
+    directory: Directory
+    clock: Clock
+    audit: AuditLog
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    outcome: Literal["accepted", "duplicate", "dead-lettered"]
+    event_id: str | None = None
+    errors: tuple[FieldError, ...] = ()
+    dead_letter_id: str | None = None
+    deliveries: int = 0
+    withheld: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def parse_subject(subject: str) -> tuple[str, str | None, list[FieldError]]:
+    """hub.inbound.<kind>.<org_id> -> (kind, org_id, errors)."""
+    parts = subject.split(".")
+    if len(parts) == 4 and parts[0] == "hub" and parts[1] == "inbound":
+        return parts[2], parts[3], []
+    kind = parts[2] if len(parts) > 2 and parts[:2] == ["hub", "inbound"] else "unknown"
+    return kind, None, [FieldError("", "subject must be hub.inbound.<kind>.<source org_id>")]
+
+
+def dead_letter_id(subject: str, data: bytes) -> str:
+    return hashlib.sha256(subject.encode() + b"\n" + data).hexdigest()
+
+
+def check(kind: str, data: bytes, *, org_id: str | None, deps: Deps) -> CanonicalEvent | Rejected:
+    """Validate a source message without side effects (used by HTTP before it accepts)."""
+    return adapt(kind, data, subject_org_id=org_id, directory=deps.directory, now=deps.clock.now())
+
+
+async def process_inbound(deps: Deps, subject: str, data: bytes, *, via: str = "broker") -> InboundResult:
+    kind, org_id, errors = parse_subject(subject)
+    if errors:
+        result: CanonicalEvent | Rejected = Rejected(tuple(errors))
+    else:
+        result = check(kind, data, org_id=org_id, deps=deps)
+    async with deps.uow() as uow:
+        if isinstance(result, Rejected):
+            out = await _dead_letter(uow, deps, kind, subject, data, result, via)
+        else:
+            out = await _accept(uow, deps, result, subject, data, via)
+        await uow.commit()
+    return out
+
+
+async def record_rejection(deps: Deps, kind: str, subject: str, data: bytes, rejected: Rejected,
+                           via: str) -> InboundResult:
+    async with deps.uow() as uow:
+        out = await _dead_letter(uow, deps, kind, subject, data, rejected, via)
+        await uow.commit()
+    return out
+
+
+async def _dead_letter(uow: UnitOfWork, deps: Deps, kind: str, subject: str, data: bytes,
+                       rejected: Rejected, via: str) -> InboundResult:
+    now = deps.clock.now()
+    dl_id = dead_letter_id(subject, data)
+    created = await uow.dead_letters.add_if_absent({
+        "dead_letter_id": dl_id,
+        "kind": kind if kind in SOURCE_KINDS else "unknown",
+        "subject": subject[:300],
+        "via": via,
+        "source_org_id": rejected.source_org_id,
+        "message_id": (rejected.message_id or "")[:200] or None,
+        "payload": data,
+        "errors": [e.as_dict() for e in rejected.errors],
+        "status": "open",
+        "received_at": now,
+    })
+    if created:
+        await uow.audit.append_many([deps.audit.row(
+            "inbound.dead-lettered", actor=rejected.source_org_id or "unknown", at=now, ref=dl_id,
+            detail={"kind": kind, "pointers": [e.pointer for e in rejected.errors][:20]},
+        )])
+        log.info("dead-lettered %s message %s: %d errors at %s", kind, dl_id[:12], len(rejected.errors),
+                 ", ".join(e.pointer or "/" for e in rejected.errors[:5]))
+    return InboundResult("dead-lettered", errors=rejected.errors, dead_letter_id=dl_id)
+
+
+async def _accept(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, subject: str, data: bytes,
+                  via: str) -> InboundResult:
+    known_hash = await uow.events.content_hash(event.event_id)
+    if known_hash is not None:
+        if known_hash == event.content_hash:
+            return InboundResult("duplicate", event_id=event.event_id)
+        body_key = SOURCE_KINDS[event.kind]
+        conflict = Rejected(
+            (FieldError(f"/{body_key}/id", "an earlier message with this id and version had different "
+                                           "content; send a new version to correct it"),),
+            message_id=event.message_id, source_org_id=event.source_org_id,
+        )
+        return await _dead_letter(uow, deps, event.kind, subject, data, conflict, via)
+
+    now = deps.clock.now()
+    consent_rows = await uow.consents.for_person(event.facts.nhs_number)
+    consents = records_from_rows(consent_rows)
+    plan = route(event, deps.directory)
+    gated = [gate(event, cand, consents, now) for cand in plan.candidates]
+    person = deps.audit.person(event.facts.nhs_number)
+
+    await uow.events.add({
+        "event_id": event.event_id,
+        "kind": event.kind,
+        "event_type": event.event_type.value,
+        "source_org_id": event.source_org_id,
+        "message_id": event.message_id,
+        "nhs_number": event.facts.nhs_number,
+        "document_id": event.facts.document_id,
+        "version": event.facts.version,
+        "replaces": event.facts.replaces,
+        "content_hash": event.content_hash,
+        "categories": sorted(event.categories),
+        "facts": _facts_json(event),
+        "bundle": orjson.dumps(event.bundle),
+        "received_at": now,
+    })
+    decision_rows, delivery_rows, audit_rows = [], [], [
+        deps.audit.row("event.accepted", actor=event.source_org_id, at=now, ref=event.event_id,
+                       event_id=event.event_id, person=person,
+                       detail={"type": event.event_type.value, "via": via}),
+    ]
+    for g in gated:
+        decision_rows.extend(_decision_rows(event, g, now))
+        delivery = _delivery_row(event, g, now)
+        delivery_rows.append(delivery)
+        audit_rows.append(deps.audit.row(
+            "delivery.queued" if g.deliver else "delivery.withheld",
+            actor="hub", at=now, ref=delivery["delivery_id"], event_id=event.event_id, person=person,
+            detail={"recipient": g.candidate.org.id, "categories": delivery["categories"],
+                    "decisions": delivery["decision_ids"]},
+        ))
+    unroutable_rows = [
+        {"id": hashlib.sha256(f"{event.event_id}|{u.role}|{u.org_id}".encode()).hexdigest()[:32],
+         "event_id": event.event_id, "role": u.role, "org_id": u.org_id, "reason": u.reason,
+         "recorded_at": now}
+        for u in plan.unroutable
+    ]
+    audit_rows.extend(
+        deps.audit.row("routing.unroutable", actor="hub", at=now, ref=r["id"], event_id=event.event_id,
+                       person=person, detail={"role": r["role"], "org": r["org_id"]})
+        for r in unroutable_rows
+    )
+    await uow.decisions.add_many(decision_rows)
+    await uow.deliveries.add_many(delivery_rows)
+    await uow.unroutable.add_many(unroutable_rows)
+    await uow.audit.append_many(audit_rows)
+    sent = sum(1 for g in gated if g.deliver)
+    return InboundResult("accepted", event_id=event.event_id, deliveries=sent, withheld=len(gated) - sent)
+
+
+def _facts_json(event: CanonicalEvent) -> dict:
+    f = event.facts
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v)
+            for k, v in ((s, getattr(f, s)) for s in f.__slots__) if v is not None}
+
+
+def _decision_rows(event: CanonicalEvent, g: GateResult, now: datetime) -> list[dict]:
+    return [{
+        "decision_id": cd.decision_id,
+        "event_id": event.event_id,
+        "nhs_number": event.facts.nhs_number,
+        "recipient_id": g.candidate.org.id,
+        "purpose": g.purpose,
+        "category": cd.category,
+        "outcome": cd.decision.outcome,
+        "rule": cd.decision.rule,
+        "reason": cd.decision.reason,
+        "basis": [{"consent_id": b.consent_id, "version": b.version, "provision": b.provision_path,
+                   "type": b.type} for b in cd.decision.basis],
+        "decided_at": now,
+    } for cd in g.decisions]
+
+
+def _delivery_row(event: CanonicalEvent, g: GateResult, now: datetime) -> dict:
+    org = g.candidate.org
+    assert org.delivery is not None
+    address = deliver_subject(org.id) if org.delivery.channel == "broker" else (org.delivery.url or "")
+    payload, given = None, frozenset()
+    if g.deliver:
+        bundle, given = project(event.bundle, recipient=org, permitted=g.permitted,
+                                delivery_endpoint=address, now=now)
+        payload = orjson.dumps(bundle)
+    return {
+        "delivery_id": f"{event.event_id}:{org.id}",
+        "event_id": event.event_id,
+        "nhs_number": event.facts.nhs_number,
+        "recipient_id": org.id,
+        "recipient_type": org.type,
+        "purpose": g.purpose,
+        "channel": org.delivery.channel,
+        "address": address,
+        "state": "pending" if g.deliver else "withheld",
+        "categories": sorted(given),
+        "decision_ids": [cd.decision_id for cd in g.decisions
+                         if (cd.decision.outcome == "permit") == g.deliver],
+        "reason": g.reason,
+        "payload": payload,
+        "attempts": 0,
+        "created_at": now,
+    }

@@ -1,0 +1,47 @@
+"""Settings are data: environment variables HUB_* (contract §10), nothing else."""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="where the embedded broker's and database's files live")
+    nats_url: str | None = Field(None, description="a NATS server or cluster to use instead of the embedded one")
+    nats_port: int = Field(4222, description="the embedded nats-server's port")
+    nats_user: str | None = Field(None, description="the hub's own user on an external NATS")
+    nats_password: str | None = Field(None, description="the hub's own password on an external NATS")
+    database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite in data_dir")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    directory: Path | None = Field(None, description="organisations YAML; default the shipped demo directory")
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas per stream (3 in a cluster)")
+    deliver_max_age_days: float = Field(30, description="how long HUB_DELIVER keeps a delivery for its recipient")
+    dedupe_window_s: float = Field(86400, description="JetStream duplicate window for deliveries (Nats-Msg-Id)")
+    inbound_batch: int = Field(32, ge=1, le=1000, description="inbound messages fetched per pull")
+    relay_interval_s: float = Field(1.0, description="how often the outbox relay looks for undelivered rows")
+    audit_key: str | None = Field(None, description="key for the audit's person hashes; shared by all workers")
+    log_level: str = "INFO"
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.nats_url
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.resolved_data_dir / 'hub.db'}"
+
+    @property
+    def broker_url(self) -> str:
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"

@@ -1,0 +1,331 @@
+"""Repositories and the unit of work: the only code that speaks SQL.
+
+One `UnitOfWork` is one transaction. The pipeline writes an event, its
+decisions, its delivery (outbox) rows and its audit rows in one unit of work
+and commits before anything is published (exactly-once effect on top of
+at-least-once delivery).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from hub import tables as t
+
+
+class _Repo:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+
+class Events(_Repo):
+    async def get(self, event_id: str) -> Any | None:
+        res = await self.conn.execute(select(t.events).where(t.events.c.event_id == event_id))
+        return res.first()
+
+    async def content_hash(self, event_id: str) -> str | None:
+        res = await self.conn.execute(
+            select(t.events.c.content_hash).where(t.events.c.event_id == event_id)
+        )
+        return res.scalar_one_or_none()
+
+    async def add(self, row: dict) -> None:
+        await self.conn.execute(insert(t.events), [row])
+
+
+class Decisions(_Repo):
+    async def add_many(self, rows: Sequence[dict]) -> None:
+        if rows:
+            await self.conn.execute(insert(t.decisions), list(rows))
+
+    async def search(
+        self,
+        *,
+        nhs_number: str | None = None,
+        recipient_id: str | None = None,
+        outcome: str | None = None,
+        event_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 500,
+    ) -> list[Any]:
+        q = select(t.decisions)
+        c = t.decisions.c
+        if nhs_number:
+            q = q.where(c.nhs_number == nhs_number)
+        if recipient_id:
+            q = q.where(c.recipient_id == recipient_id)
+        if outcome:
+            q = q.where(c.outcome == outcome)
+        if event_id:
+            q = q.where(c.event_id == event_id)
+        if since:
+            q = q.where(c.decided_at >= since)
+        if until:
+            q = q.where(c.decided_at < until)
+        q = q.order_by(c.decided_at, c.recipient_id, c.category).limit(limit)
+        return list((await self.conn.execute(q)).all())
+
+
+class Deliveries(_Repo):
+    async def add_many(self, rows: Sequence[dict]) -> None:
+        if rows:
+            await self.conn.execute(insert(t.deliveries), list(rows))
+
+    @staticmethod
+    def _due(now: datetime):
+        c = t.deliveries.c
+        return or_(c.state == "pending", and_(c.state == "retrying", c.next_attempt_at <= now))
+
+    async def due(self, now: datetime, *, channel: str, recipient_id: str | None = None,
+                  limit: int = 200) -> list[Any]:
+        """Deliveries to attempt now on one channel, oldest first (seq keeps per-recipient order)."""
+        c = t.deliveries.c
+        q = (
+            select(c.seq, c.delivery_id, c.event_id, c.recipient_id, c.channel, c.address,
+                   c.payload, c.attempts, c.state)
+            .where(self._due(now), c.channel == channel)
+            .order_by(c.seq)
+            .limit(limit)
+        )
+        if recipient_id:
+            q = q.where(c.recipient_id == recipient_id)
+        return list((await self.conn.execute(q)).all())
+
+    async def due_recipients(self, now: datetime, *, channel: str) -> list[str]:
+        c = t.deliveries.c
+        q = select(c.recipient_id).where(self._due(now), c.channel == channel).distinct()
+        return list((await self.conn.execute(q)).scalars())
+
+    async def mark_delivered(self, delivery_ids: Iterable[str], at: datetime) -> None:
+        ids = list(delivery_ids)
+        if ids:
+            c = t.deliveries.c
+            await self.conn.execute(
+                update(t.deliveries)
+                .where(c.delivery_id.in_(ids))
+                .values(state="delivered", delivered_at=at, payload=None, last_error=None,
+                        attempts=c.attempts + 1)
+            )
+
+    async def mark_retry(self, delivery_id: str, *, attempts: int, next_at: datetime, error: str) -> None:
+        c = t.deliveries.c
+        await self.conn.execute(
+            update(t.deliveries)
+            .where(c.delivery_id == delivery_id)
+            .values(state="retrying", attempts=attempts, next_attempt_at=next_at, last_error=error)
+        )
+
+    async def search(self, *, nhs_number: str | None = None, recipient_id: str | None = None,
+                     state: str | None = None, event_id: str | None = None, limit: int = 500) -> list[Any]:
+        c = t.deliveries.c
+        q = select(*[col for col in t.deliveries.c if col.name != "payload"])
+        if nhs_number:
+            q = q.where(c.nhs_number == nhs_number)
+        if recipient_id:
+            q = q.where(c.recipient_id == recipient_id)
+        if state:
+            q = q.where(c.state == state)
+        if event_id:
+            q = q.where(c.event_id == event_id)
+        return list((await self.conn.execute(q.order_by(c.seq).limit(limit))).all())
+
+
+class Unroutable(_Repo):
+    async def add_many(self, rows: Sequence[dict]) -> None:
+        if rows:
+            await self.conn.execute(insert(t.unroutable), list(rows))
+
+    async def search(self, *, event_id: str | None = None, limit: int = 500) -> list[Any]:
+        q = select(t.unroutable)
+        if event_id:
+            q = q.where(t.unroutable.c.event_id == event_id)
+        return list((await self.conn.execute(q.order_by(t.unroutable.c.recorded_at).limit(limit))).all())
+
+
+class DeadLetters(_Repo):
+    async def add_if_absent(self, row: dict) -> bool:
+        """Record a dead letter; False if this exact message was already dead-lettered."""
+        existing = await self.conn.execute(
+            select(t.dead_letters.c.dead_letter_id).where(
+                t.dead_letters.c.dead_letter_id == row["dead_letter_id"]
+            )
+        )
+        if existing.first() is not None:
+            return False
+        await self.conn.execute(insert(t.dead_letters), [row])
+        return True
+
+    async def get(self, dead_letter_id: str) -> Any | None:
+        res = await self.conn.execute(
+            select(t.dead_letters).where(t.dead_letters.c.dead_letter_id == dead_letter_id)
+        )
+        return res.first()
+
+    async def search(self, *, status: str | None = None, kind: str | None = None, limit: int = 500) -> list[Any]:
+        c = t.dead_letters.c
+        q = select(t.dead_letters)
+        if status:
+            q = q.where(c.status == status)
+        if kind:
+            q = q.where(c.kind == kind)
+        return list((await self.conn.execute(q.order_by(c.received_at.desc()).limit(limit))).all())
+
+    async def unpublished(self, limit: int = 200) -> list[Any]:
+        c = t.dead_letters.c
+        q = (select(c.dead_letter_id, c.kind, c.payload, c.errors)
+             .where(c.published_at.is_(None)).order_by(c.received_at).limit(limit))
+        return list((await self.conn.execute(q)).all())
+
+    async def mark_published(self, dead_letter_id: str, at: datetime) -> None:
+        await self.conn.execute(
+            update(t.dead_letters).where(t.dead_letters.c.dead_letter_id == dead_letter_id)
+            .values(published_at=at)
+        )
+
+    async def mark_resubmitted(self, dead_letter_id: str, at: datetime) -> None:
+        await self.conn.execute(
+            update(t.dead_letters).where(t.dead_letters.c.dead_letter_id == dead_letter_id)
+            .values(status="resubmitted", resubmitted_at=at)
+        )
+
+
+class Consents(_Repo):
+    async def add(self, row: dict, *, recorded_by: str | None) -> None:
+        await self.conn.execute(insert(t.consents), [row])
+        await self._version(row, recorded_by)
+
+    async def replace(self, row: dict, *, recorded_by: str | None) -> None:
+        c = t.consents.c
+        values = {k: v for k, v in row.items() if k not in ("consent_id", "created_at")}
+        await self.conn.execute(update(t.consents).where(c.consent_id == row["consent_id"]).values(**values))
+        await self._version(row, recorded_by)
+
+    async def _version(self, row: dict, recorded_by: str | None) -> None:
+        await self.conn.execute(insert(t.consent_versions), [{
+            "consent_id": row["consent_id"], "version": row["version"], "resource": row["resource"],
+            "recorded_at": row["updated_at"], "recorded_by": recorded_by,
+        }])
+
+    async def get(self, consent_id: str, *, for_update: bool = False) -> Any | None:
+        q = select(t.consents).where(t.consents.c.consent_id == consent_id)
+        if for_update and self.conn.dialect.name != "sqlite":
+            q = q.with_for_update()
+        return (await self.conn.execute(q)).first()
+
+    async def for_person(self, nhs_number: str) -> list[Any]:
+        q = select(t.consents).where(t.consents.c.nhs_number == nhs_number).order_by(t.consents.c.created_at)
+        return list((await self.conn.execute(q)).all())
+
+
+class Credentials(_Repo):
+    async def add(self, row: dict) -> None:
+        await self.conn.execute(insert(t.credentials), [row])
+
+    async def by_token_hash(self, token_hash: str) -> Any | None:
+        c = t.credentials.c
+        q = select(t.credentials).where(c.token_hash == token_hash, c.revoked_at.is_(None))
+        return (await self.conn.execute(q)).first()
+
+    async def find(self, key: str) -> Any | None:
+        c = t.credentials.c
+        q = select(t.credentials).where(or_(c.credential_id == key, c.nats_user == key))
+        return (await self.conn.execute(q)).first()
+
+    async def revoke(self, credential_id: str, at: datetime) -> None:
+        c = t.credentials.c
+        await self.conn.execute(
+            update(t.credentials).where(c.credential_id == credential_id, c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+
+    async def active(self) -> list[Any]:
+        q = select(t.credentials).where(t.credentials.c.revoked_at.is_(None)).order_by(t.credentials.c.created_at)
+        return list((await self.conn.execute(q)).all())
+
+    async def all(self) -> list[Any]:
+        return list((await self.conn.execute(select(t.credentials).order_by(t.credentials.c.created_at))).all())
+
+
+class Audit(_Repo):
+    async def append_many(self, rows: Sequence[dict]) -> None:
+        if rows:
+            await self.conn.execute(insert(t.audit), list(rows))
+
+    async def count(self, **where: Any) -> int:
+        q = select(func.count()).select_from(t.audit)
+        for k, v in where.items():
+            q = q.where(t.audit.c[k] == v)
+        return (await self.conn.execute(q)).scalar_one()
+
+    async def search(self, *, person: str | None = None, action: str | None = None,
+                     event_id: str | None = None, limit: int = 1000) -> list[Any]:
+        c = t.audit.c
+        q = select(t.audit)
+        if person:
+            q = q.where(c.person == person)
+        if action:
+            q = q.where(c.action == action)
+        if event_id:
+            q = q.where(c.event_id == event_id)
+        return list((await self.conn.execute(q.order_by(c.seq).limit(limit))).all())
+
+
+class UnitOfWork:
+    """`async with uow_factory() as uow: ...; await uow.commit()` — one transaction.
+    Leaving the block without commit rolls back."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self.conn: AsyncConnection
+
+    async def __aenter__(self) -> "UnitOfWork":
+        self.conn = await self._engine.connect()
+        await self.conn.begin()
+        c = self.conn
+        self.events = Events(c)
+        self.decisions = Decisions(c)
+        self.deliveries = Deliveries(c)
+        self.unroutable = Unroutable(c)
+        self.dead_letters = DeadLetters(c)
+        self.consents = Consents(c)
+        self.credentials = Credentials(c)
+        self.audit = Audit(c)
+        return self
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+
+    async def rollback(self) -> None:
+        await self.conn.rollback()
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.conn.in_transaction():
+                await self.conn.rollback()
+        finally:
+            await self.conn.close()
+
+
+class UnitOfWorkFactory:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    def __call__(self) -> UnitOfWork:
+        return UnitOfWork(self.engine)
+
+
+def person_ref(key: bytes, nhs_number: str) -> str:
+    """A keyed hash of an NHS number: lets audit rows be searched by person
+    without holding the number itself."""
+    return hmac.new(key, nhs_number.encode(), hashlib.sha256).hexdigest()
+
+
+__all__ = ["UnitOfWork", "UnitOfWorkFactory", "IntegrityError", "person_ref"]

@@ -1,0 +1,194 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations in hub/migrations
+create it; this module is their single source. Personal data lives only in
+`events.bundle`, `deliveries.payload` (cleared once delivered), `consents.resource`
+and `dead_letters.payload`; decisions and audit rows hold references."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use UTC-aware values")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+UTC_TS = UTCDateTime()
+ID = String(64)
+ORG = String(64)
+NHS = String(10)
+
+events = Table(
+    "events", metadata,
+    Column("event_id", ID, primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("event_type", String(40), nullable=False),
+    Column("source_org_id", ORG, nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("nhs_number", NHS, nullable=False, index=True),
+    Column("document_id", String(200)),
+    Column("version", Integer),
+    Column("replaces", String(200)),
+    Column("content_hash", String(64), nullable=False),
+    Column("categories", JSON, nullable=False),
+    Column("facts", JSON, nullable=False),
+    Column("bundle", LargeBinary, nullable=False),
+    Column("received_at", UTC_TS, nullable=False),
+)
+
+decisions = Table(
+    "decisions", metadata,
+    Column("decision_id", ID, primary_key=True),
+    Column("event_id", ID, ForeignKey("events.event_id"), nullable=False, index=True),
+    Column("nhs_number", NHS, nullable=False),
+    Column("recipient_id", ORG, nullable=False),
+    Column("purpose", String(40), nullable=False),
+    Column("category", String(40), nullable=False),
+    Column("outcome", String(8), nullable=False),
+    Column("rule", String(40), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("basis", JSON, nullable=False),
+    Column("decided_at", UTC_TS, nullable=False),
+    Index("ix_decisions_person_time", "nhs_number", "decided_at"),
+    Index("ix_decisions_recipient_time", "recipient_id", "decided_at"),
+)
+
+# The delivery outbox: one row per candidate recipient of an event. A `pending`
+# row is committed with the decisions, before anything is published; the relay
+# publishes it and marks it `delivered`. Refused candidates are `withheld`.
+deliveries = Table(
+    "deliveries", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("delivery_id", String(140), nullable=False, unique=True),  # "<event id>:<recipient org_id>"
+    Column("event_id", ID, ForeignKey("events.event_id"), nullable=False, index=True),
+    Column("nhs_number", NHS, nullable=False, index=True),
+    Column("recipient_id", ORG, nullable=False),
+    Column("recipient_type", String(32), nullable=False),
+    Column("purpose", String(40), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("address", String(500), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("categories", JSON, nullable=False),
+    Column("decision_ids", JSON, nullable=False),
+    Column("reason", Text),
+    Column("payload", LargeBinary),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTC_TS),
+    Column("last_error", Text),
+    Column("created_at", UTC_TS, nullable=False),
+    Column("delivered_at", UTC_TS),
+    Index("ix_deliveries_state_seq", "state", "seq"),
+    Index("ix_deliveries_recipient_state", "recipient_id", "state"),
+)
+
+unroutable = Table(
+    "unroutable", metadata,
+    Column("id", ID, primary_key=True),
+    Column("event_id", ID, ForeignKey("events.event_id"), nullable=False, index=True),
+    Column("role", String(40), nullable=False),
+    Column("org_id", ORG),
+    Column("reason", Text, nullable=False),
+    Column("recorded_at", UTC_TS, nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters", metadata,
+    Column("dead_letter_id", ID, primary_key=True),  # sha256 of subject + bytes: a redelivery is the same letter
+    Column("kind", String(64), nullable=False),
+    Column("subject", String(300), nullable=False),
+    Column("via", String(8), nullable=False),
+    Column("source_org_id", ORG),
+    Column("message_id", String(200)),
+    Column("payload", LargeBinary, nullable=False),
+    Column("errors", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # open | resubmitted
+    Column("received_at", UTC_TS, nullable=False, index=True),
+    Column("published_at", UTC_TS),  # to hub.dlq.<kind>; null until the relay has published it
+    Column("resubmitted_at", UTC_TS),
+)
+
+consents = Table(
+    "consents", metadata,
+    Column("consent_id", ID, primary_key=True),
+    Column("nhs_number", NHS, nullable=False, index=True),
+    Column("status", String(20), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("resource", JSON, nullable=False),
+    Column("created_at", UTC_TS, nullable=False),
+    Column("updated_at", UTC_TS, nullable=False),
+    Column("withdrawn_at", UTC_TS),
+)
+
+consent_versions = Table(
+    "consent_versions", metadata,
+    Column("consent_id", ID, ForeignKey("consents.consent_id"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("resource", JSON, nullable=False),
+    Column("recorded_at", UTC_TS, nullable=False),
+    Column("recorded_by", String(100)),
+)
+
+credentials = Table(
+    "credentials", metadata,
+    Column("credential_id", ID, primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("org_id", ORG),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("nats_user", String(100), nullable=False, unique=True),
+    Column("nats_password_hash", String(100), nullable=False),
+    Column("created_at", UTC_TS, nullable=False),
+    Column("revoked_at", UTC_TS),
+)
+
+# Append-only record of what the hub did. Rows name ids and hashes, never
+# personal data: `person` is a keyed hash of the NHS number.
+audit = Table(
+    "audit", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", UTC_TS, nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("ref", String(140)),
+    Column("event_id", ID),
+    Column("person", String(64), index=True),
+    Column("detail", JSON),
+)
+
