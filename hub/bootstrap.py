@@ -11,6 +11,7 @@ import httpx
 import orjson
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.security import SASLPlaintext
 from nats.js import JetStreamContext
 
 from hub import credentials
@@ -66,7 +67,8 @@ class Hub:
             user, password = self.identity.user, self.identity.password
         else:
             user, password = s.nats_user, s.nats_password
-        broker = NatsBroker(s.broker_url, user=user, password=password, name="hub",
+        security = SASLPlaintext(username=user, password=password) if user else None
+        broker = NatsBroker(s.broker_url, security=security, name="hub",
                             max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=log,
                             log_level=logging.DEBUG)
 

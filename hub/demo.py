@@ -1,0 +1,226 @@
+"""`hub demo`: a guided run against a running hub (`make run`).
+
+It issues its own credentials (as `hub credential issue` would), records a
+consent for a made-up test patient, publishes fit notes of different shapes
+on the broker as the GP practice B86001, reads what each recipient's consumer
+received, and asks the IG API what was withheld and why. Then it withdraws the
+consent, publishes again and shows that nothing went out.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import nats
+import orjson
+
+from adapters import adapt
+from hub.bootstrap import issue_credential_offline
+from hub.clock import Clock
+from hub.directory import load_directory
+from hub.nats_auth import inbox_prefix
+from hub.settings import Settings
+from hub.streams import DELIVER_STREAM, INBOUND_STREAM, inbound_subject, recipient_consumer
+from schemas.vocab import CATEGORY_SYSTEM
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS", "JCP-LEEDS")
+
+
+def random_test_nhs_number(rng: random.Random) -> str:
+    """A random NHS number in the 999 test range with a valid check digit."""
+    while True:
+        digits = [9, 9, 9] + [rng.randrange(10) for _ in range(6)]
+        check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1))) % 11
+        check = 0 if check == 11 else check
+        if check != 10:
+            return "".join(map(str, digits + [check]))
+
+
+def _example(name: str) -> dict:
+    return json.loads((EXAMPLES / f"{name}.example.json").read_text())
+
+
+def _fit_note(nhs: str, today: date, *, assessment: str, status: str, employer: str | None) -> dict:
+    msg = _example("fit-note")
+    note = msg["fit_note"]
+    msg["message_id"] = str(uuid.uuid4())
+    msg["sent_at"] = Clock().now().isoformat()
+    note["id"] = f"FN-B86001-DEMO-{uuid.uuid4().hex[:8]}"
+    note["issued_on"] = note["assessed_on"] = today.isoformat()
+    note["period"] = {"start": today.isoformat(), "end": (today + timedelta(days=21)).isoformat()}
+    note["patient"]["nhs_number"] = nhs
+    note["assessment"] = assessment
+    if assessment != "may-be-fit":
+        note.pop("may_be_fit_advice", None)
+    note["employment"] = {"status": status, **({"employer_id": employer} if employer else {})}
+    return msg
+
+
+class _Api:
+    def __init__(self, base: str, token: str) -> None:
+        self.client = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    async def get(self, path: str, **params) -> dict:
+        r = await self.client.get(path, params=params)
+        r.raise_for_status()
+        return r.json()
+
+
+async def _issue(settings: Settings, role: str, org: str | None = None) -> dict:
+    return await issue_credential_offline(settings, role=role, org_id=org)
+
+
+async def _connect(settings: Settings, cred: dict, org: str):
+    for attempt in range(20):  # the server reloads its users asynchronously after SIGHUP
+        try:
+            return await nats.connect(settings.broker_url, user=cred["nats_user"], password=cred["nats_password"],
+                                      inbox_prefix=inbox_prefix(org), allow_reconnect=False, connect_timeout=2)
+        except Exception:  # noqa: BLE001
+            await asyncio.sleep(0.25)
+    raise RuntimeError(f"could not connect to the broker as {org}")
+
+
+async def _drain(settings: Settings, cred: dict, org: str, event_ids: set[str]) -> list[dict]:
+    """Fetch and ack what `org` received; keep this run's bundles."""
+    nc = await _connect(settings, cred, org)
+    out = []
+    try:
+        sub = await nc.jetstream().pull_subscribe_bind(recipient_consumer(org), stream=DELIVER_STREAM)
+        while True:
+            try:
+                msgs = await sub.fetch(batch=50, timeout=1.0)
+            except nats.errors.TimeoutError:
+                break
+            for m in msgs:
+                await m.ack()
+                bundle = orjson.loads(m.data)
+                if bundle["identifier"]["value"] in event_ids:
+                    out.append({"headers": m.headers or {}, "bundle": bundle})
+    finally:
+        await nc.close()
+    return out
+
+
+def _categories(bundle: dict) -> list[str]:
+    cats = set()
+    for entry in bundle.get("entry", []):
+        for label in entry["resource"].get("meta", {}).get("security", []):
+            if label.get("system") == CATEGORY_SYSTEM:
+                cats.add(label["code"])
+    return sorted(cats)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+async def _wait_for(ig: _Api, nhs: str, event_ids: set[str], timeout: float = 20.0) -> list[dict]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        rows = [d for d in (await ig.get("/api/v1/deliveries", nhs_number=nhs))["deliveries"]
+                if d["event_id"] in event_ids]
+        seen = {d["event_id"] for d in rows}
+        settled = all(d["state"] in ("delivered", "withheld") for d in rows)
+        if seen >= event_ids and settled:
+            return rows
+        if loop.time() > deadline:
+            raise RuntimeError("the hub did not process the demo's fit notes in time; is `hub run` running?")
+        await asyncio.sleep(0.3)
+
+
+async def run_demo(settings: Settings, base_url: str) -> int:
+    rng = random.Random()
+    today = Clock().today_uk()
+    nhs = random_test_nhs_number(rng)
+    print(f"hub demo against {base_url}; test patient NHS number {nhs}\n")
+
+    consent_client = await _issue(settings, "consent-client")
+    ig_cred = await _issue(settings, "ig-auditor")
+    gp = await _issue(settings, "publisher", "B86001")
+    recipients = {org: await _issue(settings, "recipient", org) for org in RECIPIENTS}
+    consents = _Api(base_url, consent_client["http_token"])
+    ig = _Api(base_url, ig_cred["http_token"])
+
+    # 1. consent: Acme may have identity, fitness advice and adjustments for employment
+    #    support; any OH provider may have what it needs for occupational health.
+    consent = _example("consent")
+    consent["patient"]["identifier"]["value"] = nhs
+    consent["dateTime"] = Clock().now().isoformat()
+    consent["provision"]["provision"][0]["period"] = {"start": today.isoformat(),
+                                                      "end": (today + timedelta(days=365)).isoformat()}
+    r = await consents.client.post("/fhir/Consent", content=json.dumps(consent),
+                                   headers={"Content-Type": "application/fhir+json"})
+    r.raise_for_status()
+    consent_id = r.json()["id"]
+    print(f"1. consent {consent_id} recorded: EMP-ACME employment-support (identity, fitness-advice, "
+          "adjustments); any OH provider occupational-health. Nothing for benefit-claim.\n")
+
+    notes = {
+        "may-be-fit, employed at Acme": _fit_note(nhs, today, assessment="may-be-fit", status="employed",
+                                                  employer="EMP-ACME"),
+        "not-fit, employed at Acme": _fit_note(nhs, today, assessment="not-fit", status="employed",
+                                               employer="EMP-ACME"),
+        "not-fit, unemployed (LS)": _fit_note(nhs, today, assessment="not-fit", status="unemployed", employer=None),
+    }
+    shown = await _publish_and_show(settings, gp, recipients, ig, nhs, notes, "2. fit notes published")
+
+    r = await consents.client.post(f"/fhir/Consent/{consent_id}/$withdraw")
+    r.raise_for_status()
+    print(f"3. consent {consent_id} withdrawn (status {r.json()['status']}).\n")
+    after = {"may-be-fit, employed at Acme (after withdrawal)":
+             _fit_note(nhs, today, assessment="may-be-fit", status="employed", employer="EMP-ACME")}
+    shown_after = await _publish_and_show(settings, gp, recipients, ig, nhs, after, "4. published again")
+
+    ok = shown > 0 and shown_after == 0
+    print("demo " + ("finished: deliveries before the withdrawal, none after." if ok else "found something unexpected."))
+    return 0 if ok else 1
+
+
+async def _publish_and_show(settings: Settings, gp: dict, recipients: dict[str, dict], ig: _Api, nhs: str,
+                            notes: dict[str, dict], title: str) -> int:
+    """Publish `notes` as B86001; print, per candidate recipient, what it received
+    (the categories in the bundle its consumer gave it) or why it got nothing."""
+    directory = load_directory(settings.directory)
+    labels: dict[str, str] = {}  # event id -> label; the id is derived from the note, as the hub does
+    for label, msg in notes.items():
+        event = adapt("fit-note", orjson.dumps(msg), subject_org_id="B86001", directory=directory, now=Clock().now())
+        labels[event.event_id] = label
+    nc = await _connect(settings, gp, "B86001")
+    js = nc.jetstream()
+    for msg in notes.values():
+        await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(msg), stream=INBOUND_STREAM)
+    await nc.close()
+
+    deliveries = await _wait_for(ig, nhs, set(labels))
+    decisions = [d for d in (await ig.get("/api/v1/decisions", nhs_number=nhs))["decisions"]
+                 if d["event_id"] in labels]
+    received = {org: await _drain(settings, cred, org, set(labels)) for org, cred in recipients.items()}
+    order = list(labels)
+    rows: list[list[str]] = []
+    got = 0
+    for d in sorted(deliveries, key=lambda d: (order.index(d["event_id"]), d["recipient_id"])):
+        bundles = [b for b in received.get(d["recipient_id"], [])
+                   if b["bundle"]["identifier"]["value"] == d["event_id"]]
+        if bundles:
+            got += 1
+            what = "received " + ", ".join(_categories(bundles[0]["bundle"]))
+        else:
+            what = f"nothing ({d['state']})"
+        rows.append([labels[d["event_id"]], d["recipient_id"], what])
+        for x in decisions:
+            if x["event_id"] == d["event_id"] and x["recipient_id"] == d["recipient_id"] and x["outcome"] == "deny":
+                rows.append(["", "", f"  {x['category']}: {x['reason']}"])
+    print(f"{title}:\n" + _table(rows, ["fit note", "recipient", "what it got / why not"]) + "\n")
+    return got
+
+
+__all__ = ["run_demo", "random_test_nhs_number"]
