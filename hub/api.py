@@ -202,7 +202,7 @@ IG = ("ig-auditor", "admin")
 
 
 def _row(r: Any, drop: tuple[str, ...] = ()) -> dict:
-    d = dict(r._mapping)
+    d = {str(k): v for k, v in r._mapping.items()}
     for k in drop:
         d.pop(k, None)
     for k, v in d.items():

@@ -57,7 +57,8 @@ def _policy_limit(event: CanonicalEvent, rtype: RecipientType, category: str) ->
             )
     if category not in RECIPIENT_MAXIMUM[rtype]:
         return _policy_denial(
-            "recipient-maximum", f"Denied: a {rtype.value} never receives {category} (contract §5)"
+            "recipient-maximum",
+            f"Denied: {'an' if rtype.value[0] in 'aeiou' else 'a'} {rtype.value} never receives {category} (contract §5)",
         )
     return None
 
