@@ -270,11 +270,14 @@ async def resubmit_dead_letter(dead_letter_id: str, request: Request, who: Princ
     to its inbound subject: it is processed as new input under the same rules."""
     hub = _hub(request)
     fixed = await request.body()
-    out = await hub.resubmit_dead_letter(dead_letter_id, fixed or None, actor=who.credential_id)
-    if out is None:
-        raise HTTPException(404, "no such dead letter")
-    if isinstance(out, str):
-        raise HTTPException(409, out)
+    from hub.bootstrap import ResubmitRefused
+
+    try:
+        await hub.resubmit_dead_letter(dead_letter_id, fixed or None, actor=who.credential_id)
+    except LookupError:
+        raise HTTPException(404, "no such dead letter") from None
+    except ResubmitRefused as exc:
+        raise HTTPException(409, str(exc)) from None
     return _json({"dead_letter_id": dead_letter_id, "status": "resubmitted"}, 202)
 
 

@@ -37,6 +37,10 @@ from hub.streams import (
 log = logging.getLogger(__name__)
 
 
+class ResubmitRefused(ValueError):
+    pass
+
+
 class Hub:
     def __init__(self, settings: Settings, *, clock: Clock | None = None,
                  directory: Directory | None = None) -> None:
@@ -165,20 +169,21 @@ class Hub:
             users = await credentials.broker_users(uow)
         self.embedded.reload_users(users)
 
-    async def resubmit_dead_letter(self, dead_letter_id: str, fixed: bytes | None, *, actor: str) -> str | None:
-        """Returns None if unknown, an error text if it cannot be resubmitted, else the subject used."""
+    async def resubmit_dead_letter(self, dead_letter_id: str, fixed: bytes | None, *, actor: str) -> str:
+        """Publish a dead letter (or its correction) to its inbound subject again;
+        returns the subject. Raises LookupError if unknown, ResubmitRefused if it cannot go."""
         async with self.deps.uow() as uow:
             row = await uow.dead_letters.get(dead_letter_id)
             if row is None:
-                return None
-            kind, org_id, errors = parse_subject(row.subject)
+                raise LookupError(dead_letter_id)
+            kind, _org_id, errors = parse_subject(row.subject)
             if errors:
-                return "this dead letter has no valid inbound subject to resubmit to"
+                raise ResubmitRefused("this dead letter has no valid inbound subject to resubmit to")
             if fixed is not None:
                 try:
                     orjson.loads(fixed)
                 except orjson.JSONDecodeError:
-                    return "the corrected message is not valid JSON"
+                    raise ResubmitRefused("the corrected message is not valid JSON") from None
             payload = fixed if fixed is not None else row.payload
             await self.js.publish(row.subject, payload, stream=INBOUND_STREAM, timeout=10)
             now = self.clock.now()

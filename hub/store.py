@@ -152,16 +152,19 @@ class Unroutable(_Repo):
 
 class DeadLetters(_Repo):
     async def add_if_absent(self, row: dict) -> bool:
-        """Record a dead letter; False if this exact message was already dead-lettered."""
-        existing = await self.conn.execute(
-            select(t.dead_letters.c.dead_letter_id).where(
-                t.dead_letters.c.dead_letter_id == row["dead_letter_id"]
-            )
-        )
-        if existing.first() is not None:
-            return False
-        await self.conn.execute(insert(t.dead_letters), [row])
-        return True
+        """Record a dead letter; False if this exact message was already dead-lettered
+        (a redelivery). One that was resubmitted unchanged and failed again is reopened."""
+        c = t.dead_letters.c
+        existing = (await self.conn.execute(
+            select(c.status).where(c.dead_letter_id == row["dead_letter_id"]))).first()
+        if existing is None:
+            await self.conn.execute(insert(t.dead_letters), [row])
+            return True
+        if existing.status == "resubmitted":
+            await self.conn.execute(update(t.dead_letters).where(c.dead_letter_id == row["dead_letter_id"])
+                                    .values(status="open", errors=row["errors"]))
+            return True
+        return False
 
     async def get(self, dead_letter_id: str) -> Any | None:
         res = await self.conn.execute(
