@@ -1,0 +1,131 @@
+"""Source adapters: raw inbound bytes -> `CanonicalEvent` or `Rejected` (contract §2, §3, §6).
+
+`adapt()` is the one entry point. It is pure (no I/O): the caller passes the
+directory and the clock. In order, it:
+
+1. parses the bytes as JSON (else ``""`` "not valid JSON ..."), requires an object;
+2. requires a known kind (`vocab.SOURCE_KINDS`);
+3. validates the envelope and requires the kind's body key;
+4. requires `source.org_id` to be in the directory and, when the message came
+   on a subject (or with a credential) naming an organisation, to be that one;
+5. validates the body with the kind's model and hands it to the kind's adapter.
+
+Each step stops at its first failing stage and returns every error of that stage.
+A `Rejected` carries `message_id` and `source.org_id` when they could be read
+(well-formed), so the dead-letter store can show them.
+
+Adding a kind is one module: a model in `schemas.sources` and an adapter
+function here (``adapt_<kind>(msg, *, now) -> CanonicalEvent``), registered in
+`ADAPTERS`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from adapters import errors
+from adapters.fit_note import adapt_fit_note
+from hub.directory import Directory
+from schemas import identifiers
+from schemas.events import CanonicalEvent, FieldError, Rejected
+from schemas.sources import Envelope, FitNoteMessage, uk_today
+from schemas.vocab import SOURCE_KINDS
+
+__all__ = ["adapt", "KindAdapter", "ADAPTERS"]
+
+
+@dataclass(frozen=True, slots=True)
+class KindAdapter:
+    """How one inbound kind is validated (`model`) and turned into an event (`adapt`)."""
+
+    model: type[Envelope]
+    adapt: Callable[..., CanonicalEvent]  # (msg: model, *, now: datetime) -> CanonicalEvent
+
+
+ADAPTERS: dict[str, KindAdapter] = {
+    "fit-note": KindAdapter(FitNoteMessage, adapt_fit_note),
+    # "oh-referral", "access-to-work", "oh-outcome": later issues.
+}
+
+
+def _peek(data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """message_id and source.org_id when present and well-formed, for the Rejected record."""
+    message_id = data.get("message_id")
+    if not (isinstance(message_id, str) and 0 < len(message_id) <= 200 and message_id.strip()):
+        message_id = None
+    source = data.get("source")
+    org_id = source.get("org_id") if isinstance(source, dict) else None
+    try:
+        org_id = identifiers.org_id(org_id) if org_id is not None else None
+    except ValueError:
+        org_id = None
+    return message_id, org_id
+
+
+def adapt(
+    kind: str,
+    raw: bytes,
+    *,
+    subject_org_id: str | None,
+    directory: Directory,
+    now: datetime,
+) -> CanonicalEvent | Rejected:
+    """Turn one inbound message into its canonical event, or say why it is not one.
+
+    `kind` is the subject suffix / URL kind; `subject_org_id` the organisation named by
+    the broker subject or the HTTP credential (None when there is none to compare);
+    `now` (timezone-aware) fixes "today" for the no-future-dates rule (UK date) and
+    the bundle timestamp.
+    """
+    today = uk_today(now)  # also rejects a naive `now` (a caller bug, not bad input)
+
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejected(errors=(errors.invalid_json(exc),))
+    if not isinstance(data, dict):
+        return Rejected(errors=(errors.NOT_AN_OBJECT,))
+    message_id, source_org_id = _peek(data)
+
+    def rejected(errs: tuple[FieldError, ...]) -> Rejected:
+        return Rejected(errors=errs, message_id=message_id, source_org_id=source_org_id)
+
+    body_key = SOURCE_KINDS.get(kind)
+    if body_key is None:
+        return rejected((errors.UNKNOWN_KIND,))
+
+    # Envelope and body presence.
+    found: list[FieldError] = []
+    envelope: Envelope | None = None
+    try:
+        envelope = Envelope.model_validate(data)
+    except ValidationError as exc:
+        found.extend(errors.from_validation_error(exc))
+    if data.get(body_key) is None:
+        found.append(errors.is_required(f"/{body_key}"))
+    if found or envelope is None:
+        return rejected(tuple(found))
+
+    # Who sent it.
+    org_id = envelope.source.org_id
+    if not directory.knows(org_id):
+        found.append(errors.UNKNOWN_SOURCE_ORG)
+    elif subject_org_id is not None and subject_org_id != org_id:
+        found.append(errors.SOURCE_ORG_MISMATCH)
+    if found:
+        return rejected(tuple(found))
+
+    # The body, by kind.
+    kind_adapter = ADAPTERS.get(kind)
+    if kind_adapter is None:
+        return rejected((errors.KIND_NOT_SUPPORTED,))
+    try:
+        msg = kind_adapter.model.model_validate(data, context={"today": today})
+    except ValidationError as exc:
+        return rejected(errors.from_validation_error(exc))
+    return kind_adapter.adapt(msg, now=now)

@@ -1,0 +1,395 @@
+"""FHIR R4B builders for canonical events (contract §3), as plain JSON dicts.
+
+These run once per accepted message, so they build dicts directly (no
+fhir.resources models: validating through them costs milliseconds; the tests
+validate the output against fhir.resources R4B instead).
+
+Bundle layout
+-------------
+A `Bundle` of type `message`; `Bundle.identifier` = {`vocab.EVENT_ID_SYSTEM`, event id};
+every entry has `fullUrl` ``urn:uuid:<uuid5(event id, role)>`` and the resource's
+`id` is the same UUID, so a re-built event is byte-for-byte the same bundle apart
+from `timestamp`. References between entries use those fullUrls. Entries, in order:
+
+=================  ==========================  ==================================
+resource           data category (meta.security) refers to
+=================  ==========================  ==================================
+MessageHeader      core category of the event  focus -> fit note
+Patient            identity (+ contact)        -
+Practitioner       fitness-advice              -
+PractitionerRole   fitness-advice              Practitioner, Organization
+Organization       fitness-advice              -
+Observation        fitness-advice              Patient, PractitionerRole
+  (the fit note)
+Condition          diagnosis                   Patient, PractitionerRole
+=================  ==========================  ==================================
+
+References only point from a resource to resources whose categories any
+recipient of that resource also has: every delivery holds identity (the
+Patient) and the core category (fitness-advice) or it is not made at all (§5),
+so dropping diagnosis or contact never leaves a kept resource pointing at a
+dropped one. Nothing points *at* the Condition; MessageHeader.focus names only
+the fit note, and projection filters focus anyway.
+
+The fit note as an Observation
+------------------------------
+There is no FHIR or UK Core profile for the statutory fit note (MED3). An
+`Observation` fits it best: the fit note *is* a clinician's assessment of a
+person at a point in time, with a coded result and structured parts.
+
+* `code`: hub code system `fit-note` ("Statement of fitness for work");
+* `valueCodeableConcept`: `not-fit` / `may-be-fit` (same code system) - the result;
+* `effectivePeriod`: the period the note covers;
+* `component`: the four may-be-fit advice options (valueBoolean, only when advice
+  was given), functional effects (valueString), whether a follow-up assessment is
+  needed (valueBoolean), and the person's employment status / occupation
+  (what the advice is about); all of it is fitness-advice;
+* `issued`: the instant this version was made available (`sent_at`; FHIR's
+  `issued` is an instant, the note's own dates are calendar dates);
+* `identifier`: the note id (system `.../Id/fit-note`, assigned by the source org);
+  extensions carry the `version` (valuePositiveInt), `replaces` (valueIdentifier),
+  the statement date `issued_on` and `assessed_on` (valueDate);
+* `status`: `final`, or `amended` for a correction (version > 1). A note that
+  `replaces` another is a new note in its own right, hence `final`;
+* `subject` -> Patient, `performer` -> PractitionerRole (profession + practice).
+
+The diagnosis is kept out of the Observation on purpose: it is a separate
+`Condition` (category diagnosis) so it can be withheld from an employer by
+dropping one entry. Codes are the hub's own code systems (under `vocab.HUB`)
+except SNOMED CT for the condition, the UK Core identifier systems (NHS number,
+ODS code, professional registration numbers) and the contract's systems.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.sources import FitNoteMessage
+from schemas.vocab import (
+    CATEGORY_SYSTEM,
+    CORE_CATEGORY,
+    EVENT_ID_SYSTEM,
+    EVENT_TYPE_SYSTEM,
+    HUB,
+    NHS_NUMBER_SYSTEM,
+    ODS_SYSTEM,
+    ORG_ID_SYSTEM,
+    Category,
+    EventType,
+)
+
+__all__ = [
+    "EVENT_ID_NAMESPACE",
+    "event_id",
+    "entry_uuid",
+    "instant",
+    "resource_categories",
+    "security_labels",
+    "fit_note_bundle",
+    "FIT_NOTE_CODE_SYSTEM",
+    "FIT_NOTE_ID_SYSTEM",
+    "PROFESSION_SYSTEM",
+    "EMPLOYMENT_STATUS_SYSTEM",
+    "SNOMED_SYSTEM",
+    "EXT_FIT_NOTE_VERSION",
+    "EXT_FIT_NOTE_REPLACES",
+    "EXT_FIT_NOTE_ISSUED_ON",
+    "EXT_FIT_NOTE_ASSESSED_ON",
+    "EXT_SHARE_WITH_EMPLOYER",
+]
+
+# uuid5(NAMESPACE_URL, vocab.EVENT_ID_SYSTEM), written out so it can never drift.
+EVENT_ID_NAMESPACE = uuid.UUID("f1939d59-c394-5674-88ab-4f3e9c47b1d0")
+
+FIT_NOTE_CODE_SYSTEM = f"{HUB}/CodeSystem/fit-note"
+PROFESSION_SYSTEM = f"{HUB}/CodeSystem/fit-note-profession"
+EMPLOYMENT_STATUS_SYSTEM = f"{HUB}/CodeSystem/employment-status"
+FIT_NOTE_ID_SYSTEM = f"{HUB}/Id/fit-note"
+SNOMED_SYSTEM = "http://snomed.info/sct"
+EXT_FIT_NOTE_VERSION = f"{HUB}/StructureDefinition/fit-note-version"
+EXT_FIT_NOTE_REPLACES = f"{HUB}/StructureDefinition/fit-note-replaces"
+EXT_FIT_NOTE_ISSUED_ON = f"{HUB}/StructureDefinition/fit-note-issued-on"
+EXT_FIT_NOTE_ASSESSED_ON = f"{HUB}/StructureDefinition/fit-note-assessed-on"
+EXT_SHARE_WITH_EMPLOYER = f"{HUB}/StructureDefinition/share-with-employer"
+
+_UK_CORE_ID = "https://fhir.hl7.org.uk/Id"
+# The regulator that registers each certifying profession, and its UK Core identifier system.
+_REGISTRATION: dict[str, tuple[str, str]] = {
+    "gp": ("GMC", f"{_UK_CORE_ID}/gmc-number"),
+    "hospital-doctor": ("GMC", f"{_UK_CORE_ID}/gmc-number"),
+    "nurse": ("NMC", f"{_UK_CORE_ID}/nmc-number"),
+    "pharmacist": ("GPHC", f"{_UK_CORE_ID}/gphc-number"),
+    "occupational-therapist": ("HCPC", f"{_UK_CORE_ID}/hcpc-number"),
+    "physiotherapist": ("HCPC", f"{_UK_CORE_ID}/hcpc-number"),
+}
+_PROFESSION_DISPLAY: dict[str, str] = {
+    "gp": "General practitioner",
+    "hospital-doctor": "Hospital doctor",
+    "nurse": "Nurse",
+    "pharmacist": "Pharmacist",
+    "occupational-therapist": "Occupational therapist",
+    "physiotherapist": "Physiotherapist",
+}
+_ASSESSMENT_DISPLAY: dict[str, str] = {
+    "not-fit": "Not fit for work",
+    "may-be-fit": "May be fit for work taking account of advice",
+}
+_ADVICE: tuple[tuple[str, str, str], ...] = (
+    ("phased_return", "phased-return", "Phased return to work"),
+    ("altered_hours", "altered-hours", "Altered hours"),
+    ("amended_duties", "amended-duties", "Amended duties"),
+    ("workplace_adaptations", "workplace-adaptations", "Workplace adaptations"),
+)
+_EMPLOYMENT_DISPLAY: dict[str, str] = {
+    "employed": "Employed",
+    "self-employed": "Self-employed",
+    "unemployed": "Unemployed",
+    "job-to-start": "Job to start",
+}
+_EVENT_DISPLAY: dict[str, str] = {
+    EventType.FIT_NOTE_ISSUED: "Fit note issued",
+    EventType.FIT_NOTE_SUPERSEDED: "Fit note superseded",
+    EventType.OH_REFERRAL_REQUESTED: "Occupational health referral requested",
+    EventType.ACCESS_TO_WORK_REQUESTED: "Access to Work requested",
+    EventType.OH_OUTCOME_REPORTED: "Occupational health outcome reported",
+    EventType.ABSENCE_MILESTONE: "Absence milestone reached",
+}
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def event_id(kind: str, source_org_id: str, document_id: str, version: int) -> str:
+    """The event id (§3): stable for a source document version, so a resent message
+    (even under a new message_id) yields the same id and is recognised as a duplicate."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{kind}|{source_org_id}|{document_id}|{version}"))
+
+
+def entry_uuid(event: str, role: str) -> str:
+    """The UUID of one entry of an event's bundle: uuid5(event id, role)."""
+    return str(uuid.uuid5(uuid.UUID(event), role))
+
+
+def instant(moment: datetime) -> str:
+    """A FHIR `instant` in UTC with millisecond precision: 2026-11-20T09:15:00.000Z."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("a FHIR instant needs a timezone-aware datetime")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def security_labels(*categories: str) -> list[dict[str, str]]:
+    """`meta.security` codings naming data categories (§5)."""
+    return [{"system": CATEGORY_SYSTEM, "code": str(c)} for c in categories]
+
+
+def resource_categories(resource: dict[str, Any]) -> frozenset[str]:
+    """The data categories a resource's `meta.security` names (other systems ignored)."""
+    meta = resource.get("meta")
+    if not meta:
+        return frozenset()
+    return frozenset(
+        label["code"]
+        for label in meta.get("security") or ()
+        if label.get("system") == CATEGORY_SYSTEM and label.get("code")
+    )
+
+
+def _ref(urls: dict[str, str], role: str) -> dict[str, str]:
+    return {"reference": urls[role]}
+
+
+def _coding(system: str, code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code, "display": display}], "text": display}
+
+
+def _registration_identifier(profession: str, registration: str) -> dict[str, str]:
+    regulator, system = _REGISTRATION[profession]
+    value = registration.strip()
+    head, _, rest = value.partition(" ")
+    if rest.strip() and head.rstrip(":").upper() == regulator:
+        value = rest.strip()  # "GMC 7012345" -> "7012345"
+    return {"system": system, "value": value}
+
+
+# ---------------------------------------------------------------------- fit note
+
+_FIT_NOTE_ROLES = (
+    "message-header",
+    "patient",
+    "practitioner",
+    "practitioner-role",
+    "organization",
+    "fit-note",
+    "condition",
+)
+
+
+def fit_note_bundle(
+    msg: FitNoteMessage, *, event_id: str, event_type: EventType | str, now: datetime
+) -> dict[str, Any]:
+    """The canonical event bundle of one validated fit note message (see module docstring)."""
+    note = msg.fit_note
+    ids = {role: entry_uuid(event_id, role) for role in _FIT_NOTE_ROLES}
+    urls = {role: f"urn:uuid:{value}" for role, value in ids.items()}
+    event_type = EventType(event_type)
+    fitness = Category.FITNESS_ADVICE.value
+
+    # --- MessageHeader: destination is filled in per recipient by hub.projection.
+    header: dict[str, Any] = {
+        "resourceType": "MessageHeader",
+        "id": ids["message-header"],
+        "meta": {"security": security_labels(CORE_CATEGORY[event_type])},
+        "eventCoding": {
+            "system": EVENT_TYPE_SYSTEM,
+            "code": event_type.value,
+            "display": _EVENT_DISPLAY[event_type],
+        },
+        "sender": {"identifier": {"system": ORG_ID_SYSTEM, "value": msg.source.org_id}},
+        "source": {"name": msg.source.system, "endpoint": f"{ORG_ID_SYSTEM}/{msg.source.org_id}"},
+        "focus": [_ref(urls, "fit-note")],
+    }
+
+    # --- Patient: identity elements, plus contact when a postcode is given.
+    p = note.patient
+    patient: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": ids["patient"],
+        "meta": {"security": security_labels(Category.IDENTITY, Category.CONTACT)
+                 if p.postcode else security_labels(Category.IDENTITY)},
+        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": p.nhs_number}],
+        "name": [{"use": "official", "family": p.name.family, "given": [p.name.given]}],
+    }
+    if p.birth_date is not None:
+        patient["birthDate"] = p.birth_date.isoformat()
+    if p.postcode:
+        patient["address"] = [{"use": "home", "postalCode": p.postcode}]
+
+    # --- The issuer: Practitioner, PractitionerRole (profession at the practice), Organization.
+    issuer = note.issuer
+    practitioner: dict[str, Any] = {
+        "resourceType": "Practitioner",
+        "id": ids["practitioner"],
+        "meta": {"security": security_labels(fitness)},
+        "name": [{"text": issuer.name}],
+    }
+    if issuer.registration:
+        practitioner["identifier"] = [_registration_identifier(issuer.profession, issuer.registration)]
+    role: dict[str, Any] = {
+        "resourceType": "PractitionerRole",
+        "id": ids["practitioner-role"],
+        "meta": {"security": security_labels(fitness)},
+        "practitioner": _ref(urls, "practitioner"),
+        "organization": _ref(urls, "organization"),
+        "code": [_coding(PROFESSION_SYSTEM, issuer.profession, _PROFESSION_DISPLAY[issuer.profession])],
+    }
+    org = issuer.organisation
+    organization: dict[str, Any] = {
+        "resourceType": "Organization",
+        "id": ids["organization"],
+        "meta": {"security": security_labels(fitness)},
+        "identifier": [{"system": ODS_SYSTEM, "value": org.ods_code}],
+    }
+    if issuer.setting:
+        organization["type"] = [{"text": issuer.setting}]
+    if org.name:
+        organization["name"] = org.name
+
+    # --- The fit note itself.
+    extensions: list[dict[str, Any]] = [
+        {"url": EXT_FIT_NOTE_VERSION, "valuePositiveInt": note.version},
+        {"url": EXT_FIT_NOTE_ISSUED_ON, "valueDate": note.issued_on.isoformat()},
+    ]
+    if note.assessed_on is not None:
+        extensions.append({"url": EXT_FIT_NOTE_ASSESSED_ON, "valueDate": note.assessed_on.isoformat()})
+    if note.replaces:
+        extensions.append(
+            {"url": EXT_FIT_NOTE_REPLACES,
+             "valueIdentifier": {"system": FIT_NOTE_ID_SYSTEM, "value": note.replaces}}
+        )
+    components: list[dict[str, Any]] = []
+    if note.may_be_fit_advice is not None:
+        advice = note.may_be_fit_advice
+        for attr, code, display in _ADVICE:
+            components.append(
+                {"code": _coding(FIT_NOTE_CODE_SYSTEM, code, display),
+                 "valueBoolean": getattr(advice, attr)}
+            )
+    if note.functional_effects:
+        components.append(
+            {"code": _coding(FIT_NOTE_CODE_SYSTEM, "functional-effects",
+                             "Functional effects of the condition"),
+             "valueString": note.functional_effects}
+        )
+    if note.follow_up_assessment_needed is not None:
+        components.append(
+            {"code": _coding(FIT_NOTE_CODE_SYSTEM, "follow-up-assessment-needed",
+                             "Follow-up assessment needed at the end of the period"),
+             "valueBoolean": note.follow_up_assessment_needed}
+        )
+    if note.employment is not None:
+        status = note.employment.status
+        components.append(
+            {"code": _coding(FIT_NOTE_CODE_SYSTEM, "employment-status", "Employment status"),
+             "valueCodeableConcept": _coding(EMPLOYMENT_STATUS_SYSTEM, status, _EMPLOYMENT_DISPLAY[status])}
+        )
+        if note.employment.occupation:
+            components.append(
+                {"code": _coding(FIT_NOTE_CODE_SYSTEM, "occupation", "Occupation"),
+                 "valueString": note.employment.occupation}
+            )
+    fit_note: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": ids["fit-note"],
+        "meta": {"security": security_labels(fitness)},
+        "extension": extensions,
+        "identifier": [
+            {"system": FIT_NOTE_ID_SYSTEM, "value": note.id,
+             "assigner": {"identifier": {"system": ORG_ID_SYSTEM, "value": msg.source.org_id}}}
+        ],
+        "status": "amended" if note.version > 1 else "final",
+        "code": _coding(FIT_NOTE_CODE_SYSTEM, "fit-note", "Statement of fitness for work"),
+        "subject": _ref(urls, "patient"),
+        "effectivePeriod": {"start": note.period.start.isoformat(), "end": note.period.end.isoformat()},
+        "issued": instant(msg.sent_at),
+        "performer": [_ref(urls, "practitioner-role")],
+        "valueCodeableConcept": _coding(
+            FIT_NOTE_CODE_SYSTEM, note.assessment, _ASSESSMENT_DISPLAY[note.assessment]
+        ),
+    }
+    if components:
+        fit_note["component"] = components
+
+    # --- The diagnosis: its own resource so it can be withheld by dropping one entry.
+    cond = note.condition
+    code: dict[str, Any] = {"text": cond.text}
+    if cond.snomed:
+        code["coding"] = [{"system": SNOMED_SYSTEM, "code": cond.snomed}]
+    condition: dict[str, Any] = {
+        "resourceType": "Condition",
+        "id": ids["condition"],
+        "meta": {"security": security_labels(Category.DIAGNOSIS)},
+        "extension": [{"url": EXT_SHARE_WITH_EMPLOYER, "valueBoolean": cond.share_with_employer}],
+        "code": code,
+        "subject": _ref(urls, "patient"),
+        "recordedDate": note.issued_on.isoformat(),
+        "asserter": _ref(urls, "practitioner-role"),
+    }
+
+    resources = (
+        ("message-header", header),
+        ("patient", patient),
+        ("practitioner", practitioner),
+        ("practitioner-role", role),
+        ("organization", organization),
+        ("fit-note", fit_note),
+        ("condition", condition),
+    )
+    return {
+        "resourceType": "Bundle",
+        "id": event_id,
+        "identifier": {"system": EVENT_ID_SYSTEM, "value": event_id},
+        "type": "message",
+        "timestamp": instant(now),
+        "entry": [{"fullUrl": urls[r], "resource": res} for r, res in resources],
+    }
