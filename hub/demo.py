@@ -26,7 +26,7 @@ from hub.directory import load_directory
 from hub.nats_auth import inbox_prefix
 from hub.settings import Settings
 from hub.streams import DELIVER_STREAM, INBOUND_STREAM, inbound_subject, recipient_consumer
-from schemas.vocab import CATEGORY_SYSTEM
+from schemas.fhir import bundle_categories
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS", "JCP-LEEDS")
@@ -105,15 +105,6 @@ async def _drain(settings: Settings, cred: dict, org: str, event_ids: set[str]) 
     finally:
         await nc.close()
     return out
-
-
-def _categories(bundle: dict) -> list[str]:
-    cats = set()
-    for entry in bundle.get("entry", []):
-        for label in entry["resource"].get("meta", {}).get("security", []):
-            if label.get("system") == CATEGORY_SYSTEM:
-                cats.add(label["code"])
-    return sorted(cats)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -212,7 +203,7 @@ async def _publish_and_show(settings: Settings, gp: dict, recipients: dict[str, 
                    if b["bundle"]["identifier"]["value"] == d["event_id"]]
         if bundles:
             got += 1
-            what = "received " + ", ".join(_categories(bundles[0]["bundle"]))
+            what = "received " + ", ".join(sorted(bundle_categories(bundles[0]["bundle"])))
         else:
             what = f"nothing ({d['state']})"
         rows.append([labels[d["event_id"]], d["recipient_id"], what])

@@ -25,6 +25,14 @@ class _Repo:
         self.conn = conn
 
 
+def _matching(q, table, **equal: Any):
+    """Add `column == value` for every filter that was given (None means "any")."""
+    for column, value in equal.items():
+        if value is not None:
+            q = q.where(table.c[column] == value)
+    return q
+
+
 class Events(_Repo):
     async def get(self, event_id: str) -> Any | None:
         res = await self.conn.execute(select(t.events).where(t.events.c.event_id == event_id))
@@ -56,16 +64,9 @@ class Decisions(_Repo):
         until: datetime | None = None,
         limit: int = 500,
     ) -> list[Any]:
-        q = select(t.decisions)
         c = t.decisions.c
-        if nhs_number:
-            q = q.where(c.nhs_number == nhs_number)
-        if recipient_id:
-            q = q.where(c.recipient_id == recipient_id)
-        if outcome:
-            q = q.where(c.outcome == outcome)
-        if event_id:
-            q = q.where(c.event_id == event_id)
+        q = _matching(select(t.decisions), t.decisions, nhs_number=nhs_number, recipient_id=recipient_id,
+                      outcome=outcome, event_id=event_id)
         if since:
             q = q.where(c.decided_at >= since)
         if until:
@@ -125,17 +126,9 @@ class Deliveries(_Repo):
 
     async def search(self, *, nhs_number: str | None = None, recipient_id: str | None = None,
                      state: str | None = None, event_id: str | None = None, limit: int = 500) -> list[Any]:
-        c = t.deliveries.c
-        q = select(*[col for col in t.deliveries.c if col.name != "payload"])
-        if nhs_number:
-            q = q.where(c.nhs_number == nhs_number)
-        if recipient_id:
-            q = q.where(c.recipient_id == recipient_id)
-        if state:
-            q = q.where(c.state == state)
-        if event_id:
-            q = q.where(c.event_id == event_id)
-        return list((await self.conn.execute(q.order_by(c.seq).limit(limit))).all())
+        q = _matching(select(*[col for col in t.deliveries.c if col.name != "payload"]), t.deliveries,
+                      nhs_number=nhs_number, recipient_id=recipient_id, state=state, event_id=event_id)
+        return list((await self.conn.execute(q.order_by(t.deliveries.c.seq).limit(limit))).all())
 
 
 class Unroutable(_Repo):
@@ -144,9 +137,7 @@ class Unroutable(_Repo):
             await self.conn.execute(insert(t.unroutable), list(rows))
 
     async def search(self, *, event_id: str | None = None, limit: int = 500) -> list[Any]:
-        q = select(t.unroutable)
-        if event_id:
-            q = q.where(t.unroutable.c.event_id == event_id)
+        q = _matching(select(t.unroutable), t.unroutable, event_id=event_id)
         return list((await self.conn.execute(q.order_by(t.unroutable.c.recorded_at).limit(limit))).all())
 
 
@@ -173,13 +164,8 @@ class DeadLetters(_Repo):
         return res.first()
 
     async def search(self, *, status: str | None = None, kind: str | None = None, limit: int = 500) -> list[Any]:
-        c = t.dead_letters.c
-        q = select(t.dead_letters)
-        if status:
-            q = q.where(c.status == status)
-        if kind:
-            q = q.where(c.kind == kind)
-        return list((await self.conn.execute(q.order_by(c.received_at.desc()).limit(limit))).all())
+        q = _matching(select(t.dead_letters), t.dead_letters, status=status, kind=kind)
+        return list((await self.conn.execute(q.order_by(t.dead_letters.c.received_at.desc()).limit(limit))).all())
 
     async def unpublished(self, limit: int = 200) -> list[Any]:
         c = t.dead_letters.c
@@ -263,22 +249,13 @@ class Audit(_Repo):
             await self.conn.execute(insert(t.audit), list(rows))
 
     async def count(self, **where: Any) -> int:
-        q = select(func.count()).select_from(t.audit)
-        for k, v in where.items():
-            q = q.where(t.audit.c[k] == v)
+        q = _matching(select(func.count()).select_from(t.audit), t.audit, **where)
         return (await self.conn.execute(q)).scalar_one()
 
     async def search(self, *, person: str | None = None, action: str | None = None,
                      event_id: str | None = None, limit: int = 1000) -> list[Any]:
-        c = t.audit.c
-        q = select(t.audit)
-        if person:
-            q = q.where(c.person == person)
-        if action:
-            q = q.where(c.action == action)
-        if event_id:
-            q = q.where(c.event_id == event_id)
-        return list((await self.conn.execute(q.order_by(c.seq).limit(limit))).all())
+        q = _matching(select(t.audit), t.audit, person=person, action=action, event_id=event_id)
+        return list((await self.conn.execute(q.order_by(t.audit.c.seq).limit(limit))).all())
 
 
 class UnitOfWork:

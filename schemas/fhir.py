@@ -195,6 +195,11 @@ def resource_categories(resource: dict[str, Any]) -> frozenset[str]:
     )
 
 
+def bundle_categories(bundle: dict[str, Any]) -> frozenset[str]:
+    """Every data category a (projected) bundle gives its reader."""
+    return frozenset().union(*(resource_categories(e["resource"]) for e in bundle.get("entry", ())))
+
+
 def _ref(urls: dict[str, str], role: str) -> dict[str, str]:
     return {"reference": urls[role]}
 

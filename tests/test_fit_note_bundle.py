@@ -4,13 +4,15 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+
+from tests.fhirutil import walk
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
@@ -98,17 +100,6 @@ def build(shape: str) -> CanonicalEvent:
     assert isinstance(event, CanonicalEvent), event
     return event
 
-
-def walk(node: Any) -> Iterator[tuple[str | None, Any]]:
-    """Every (key, value) pair in a JSON tree."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield k, v
-            yield from walk(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield None, v
-            yield from walk(v)
 
 
 def resources(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from hub import tables as t
 from hub.streams import DLQ_STREAM, inbound_subject
+from schemas.fhir import bundle_categories
 from schemas.vocab import CATEGORY_SYSTEM
 from tests.conftest import connect_as, example, fit_note, receive
 from tests.natsutil import wait_until
@@ -20,8 +21,7 @@ NHS = "9434765919"
 
 
 def categories(bundle: dict) -> set[str]:
-    return {label["code"] for e in bundle["entry"] for label in e["resource"].get("meta", {}).get("security", [])
-            if label["system"] == CATEGORY_SYSTEM}
+    return set(bundle_categories(bundle))
 
 
 async def record_consent(hub, creds, consent: dict | None = None) -> str:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+
+from tests.fhirutil import walk
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
@@ -56,16 +57,6 @@ def run(bundle: dict[str, Any], recipient: Organisation, permitted: frozenset[st
 def by_type(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
 
-
-def walk(node: Any) -> Iterator[tuple[str | None, Any]]:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield k, v
-            yield from walk(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield None, v
-            yield from walk(v)
 
 
 def assert_valid_and_self_contained(bundle: dict[str, Any]) -> None:
