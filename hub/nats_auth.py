@@ -112,7 +112,7 @@ def permissions_for(role: str, org_id: str | None) -> dict[str, Any]:
     if role == "hub":
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
     if role in HTTP_ONLY_ROLES:
-        return {"publish": {"deny": [">"]}, "subscribe": {"allow": [">"]}}
+        return {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
     if role == "publisher":
         org = _check_org_id(org_id)
         return {

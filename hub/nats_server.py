@@ -31,11 +31,18 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 import nats
 from nats.aio.client import Client as NatsClient
 
-from hub.nats_auth import NatsUser, check_password, conf_string, hash_password, render_auth_conf
+from hub.nats_auth import (
+    NatsUser,
+    check_password,
+    conf_string,
+    hash_password,
+    render_auth_conf,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +184,7 @@ def _cmdline(pid: int) -> list[str] | None:
         return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
     try:  # no /proc (macOS): ask ps
         out = subprocess.run(
-            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=5
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=5, check=False
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -281,7 +288,7 @@ async def _port_open(port: int) -> bool:
     failed nats-py connect waits ``reconnect_time_wait`` before giving up)."""
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     with contextlib.suppress(OSError):
@@ -394,7 +401,9 @@ class EmbeddedNats:
         write_auth_conf(self.data_dir, self.hub_user, self.hub_password_hash, self._users)
 
         with self.log_path.open("ab") as log_fh:
-            self._proc = subprocess.Popen(
+            # Popen, not asyncio's subprocess: fork/exec is quick, and a Popen
+            # is not tied to one event loop (start and stop may run in two).
+            self._proc = subprocess.Popen(  # noqa: ASYNC220
                 [binary, "-c", str(self.conf_path.resolve())],
                 stdin=subprocess.DEVNULL,
                 stdout=log_fh,
@@ -404,7 +413,8 @@ class EmbeddedNats:
                 # Own session: a Ctrl-C at the terminal reaches the hub only,
                 # which then stops the broker after draining its own clients.
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                # Only prctl() and getppid() run between fork and exec.
+                preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
             )
         log.info("nats-server pid %s starting on %s", self._proc.pid, self.url)
         try:
@@ -445,7 +455,7 @@ class EmbeddedNats:
                 if self._proc.poll() is None and server_name == SERVER_NAME:
                     return
                 last_error = NatsServerError(f"{self.url} is answered by {server_name!r}")
-            except Exception as exc:  # not up yet
+            except Exception as exc:  # noqa: BLE001 - not up yet, whatever the reason
                 last_error = exc
             await asyncio.sleep(0.05)
         raise NatsServerError(
@@ -491,7 +501,7 @@ class EmbeddedNats:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGHUP)
 
-    async def __aenter__(self) -> EmbeddedNats:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
