@@ -47,7 +47,13 @@ from consent.model import (
 )
 from schemas import identifiers
 from schemas.events import FieldError
-from schemas.vocab import CATEGORY_SYSTEM, NHS_NUMBER_SYSTEM, PURPOSE_SYSTEM, Category, Purpose
+from schemas.vocab import (
+    CATEGORY_SYSTEM,
+    NHS_NUMBER_SYSTEM,
+    PURPOSE_SYSTEM,
+    Category,
+    Purpose,
+)
 
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
 SCOPE_CODE = "patient-privacy"

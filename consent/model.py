@@ -26,10 +26,9 @@ conversion and are exported for callers that build records by hand (tests).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
-UK = ZoneInfo("Europe/London")
+from schemas.ukdate import UK, day_end, day_start, format_day, uk_date  # noqa: F401 (re-exported)
 
 PERMIT = "permit"
 DENY = "deny"
@@ -44,30 +43,8 @@ CONSENT_STATUSES = frozenset(
 ACTIVE = "active"
 INACTIVE = "inactive"
 
-_ONE_MICROSECOND = timedelta(microseconds=1)
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
-def day_start(day: date) -> datetime:
-    """The first instant of `day` in UK time, in UTC."""
-    return datetime.combine(day, time(0), tzinfo=UK).astimezone(UTC)
-
-
-def day_end(day: date) -> datetime:
-    """The last instant of `day` in UK time (inclusive end of a date period), in UTC."""
-    next_day = datetime.combine(day + timedelta(days=1), time(0), tzinfo=UK)
-    return (next_day - _ONE_MICROSECOND).astimezone(UTC)
-
-
-def uk_date(instant: datetime) -> date:
-    """The calendar date of `instant` in UK time."""
-    return instant.astimezone(UK).date()
-
-
-def format_day(instant: datetime) -> str:
-    """`instant`'s UK date written for people: "3 Dec 2026" (no leading zero)."""
-    d = uk_date(instant)
-    return f"{d.day} {_MONTHS[d.month - 1]} {d.year}"
 
 
 @dataclass(frozen=True, slots=True)

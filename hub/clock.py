@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
 
-UK = ZoneInfo("Europe/London")
+from schemas.ukdate import uk_date
 
 
 class Clock:
@@ -12,7 +11,7 @@ class Clock:
         return datetime.now(timezone.utc)
 
     def today_uk(self) -> date:
-        return self.now().astimezone(UK).date()
+        return uk_date(self.now())
 
 
 class FixedClock(Clock):

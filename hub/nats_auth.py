@@ -54,6 +54,9 @@ from typing import Any
 
 import bcrypt
 
+from hub.streams import DELIVER_STREAM, recipient_consumer
+from schemas import identifiers
+
 #: Roles a credential can carry (contract §9) plus the hub's internal user.
 ROLES: tuple[str, ...] = ("publisher", "recipient", "consent-client", "ig-auditor", "admin", "hub")
 #: Roles whose NATS user is tied to an organisation.
@@ -61,45 +64,31 @@ ORG_ROLES: frozenset[str] = frozenset({"publisher", "recipient"})
 #: Roles that only use HTTP; their NATS users get no rights at all.
 HTTP_ONLY_ROLES: frozenset[str] = frozenset({"consent-client", "ig-auditor", "admin"})
 
-#: JetStream stream that keeps inbound source messages (``hub.inbound.>``).
-INBOUND_STREAM = "HUB_INBOUND"
-#: JetStream stream that keeps deliveries (``hub.deliver.>``).
-DELIVER_STREAM = "HUB_DELIVER"
 
 #: bcrypt cost for broker passwords. nats-server checks the hash on every
 #: CONNECT; cost 10 is ~50 ms per check, which keeps connects (and reconnect
 #: storms) fast while the passwords themselves are long random tokens anyway.
 BCRYPT_COST = 10
 
-_ORG_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 # nats-server treats a password as a bcrypt hash only when it has this shape;
 # anything else would be taken as a *plain-text* password, so refuse it.
 _BCRYPT_HASH = re.compile(r"^\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{53}$")
 
 
 def _check_org_id(org_id: str | None) -> str:
-    """An org id becomes one subject token: letters, digits, '-' and '_' only
-    (the directory enforces the same); '.', '*', '>' or spaces would widen or
-    break the subject patterns built from it."""
-    if not org_id or not _ORG_ID.match(org_id):
-        raise ValueError(f"org_id {org_id!r} is not a valid subject token")
-    return org_id
+    """An org id becomes one subject token (schemas.identifiers.org_id: letters,
+    digits, '-' and '_'); '.', '*', '>' or spaces would widen or break the
+    subject patterns built from it."""
+    try:
+        return identifiers.org_id(org_id)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError(f"org_id {org_id!r} is not a valid subject token") from None
 
 
 def inbox_prefix(org_id: str) -> str:
     """The inbox prefix an org's broker clients must connect with
     (``nats.connect(..., inbox_prefix=inbox_prefix(org_id))``)."""
     return f"_INBOX.{_check_org_id(org_id)}"
-
-
-def deliver_subject(org_id: str) -> str:
-    """Subject the hub publishes an org's deliveries to (contract §4)."""
-    return f"hub.deliver.{_check_org_id(org_id)}"
-
-
-def deliver_consumer(org_id: str) -> str:
-    """Name of the durable pull consumer an org fetches from (contract §4)."""
-    return f"deliver-{_check_org_id(org_id)}"
 
 
 def permissions_for(role: str, org_id: str | None) -> dict[str, Any]:
@@ -121,7 +110,7 @@ def permissions_for(role: str, org_id: str | None) -> dict[str, Any]:
         }
     if role == "recipient":
         org = _check_org_id(org_id)
-        consumer = deliver_consumer(org)
+        consumer = recipient_consumer(org)
         return {
             "publish": {
                 "allow": [

@@ -29,7 +29,6 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -45,8 +44,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from schemas import identifiers
-
-UK = ZoneInfo("Europe/London")
+from schemas.ukdate import UK, uk_today  # noqa: F401 (UK re-exported)
 
 __all__ = [
     "UK",
@@ -67,15 +65,6 @@ __all__ = [
     "EMPLOYMENT_STATUSES",
     "ASSESSMENTS",
 ]
-
-
-def uk_today(now: datetime | None = None) -> date:
-    """The UK calendar date at `now` (timezone-aware; default: the current time)."""
-    if now is None:
-        return datetime.now(UK).date()
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now.astimezone(UK).date()
 
 
 def _today(info: ValidationInfo) -> date:

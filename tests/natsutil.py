@@ -11,12 +11,12 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-from hub.nats_auth import (
+from hub.nats_auth import inbox_prefix
+from hub.streams import (
     DELIVER_STREAM,
     INBOUND_STREAM,
-    deliver_consumer,
     deliver_subject,
-    inbox_prefix,
+    recipient_consumer,
 )
 
 
@@ -103,7 +103,7 @@ async def create_hub_streams(hub: NatsClient, recipients: list[str]) -> None:
     await _retry(lambda: js.add_stream(StreamConfig(name=DELIVER_STREAM, subjects=["hub.deliver.>"])))
     for org in recipients:
         config = ConsumerConfig(
-            durable_name=deliver_consumer(org),
+            durable_name=recipient_consumer(org),
             filter_subject=deliver_subject(org),
             ack_policy=AckPolicy.EXPLICIT,
         )

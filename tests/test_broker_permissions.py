@@ -16,8 +16,6 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig
 
 from hub.nats_auth import (
-    DELIVER_STREAM,
-    INBOUND_STREAM,
     NatsUser,
     hash_password,
     inbox_prefix,
@@ -25,6 +23,7 @@ from hub.nats_auth import (
     render_auth_conf,
 )
 from hub.nats_server import EmbeddedNats
+from hub.streams import DELIVER_STREAM, INBOUND_STREAM
 from tests.natsutil import ErrorLog, connect, create_hub_streams, free_port, wait_until
 
 HUB_USER, HUB_PASSWORD = "hub", "hub-secret-for-tests"
