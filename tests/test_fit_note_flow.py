@@ -266,3 +266,37 @@ async def test_message_whose_subject_names_another_org_is_refused(hub, creds, gp
     out = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(msg))
     assert out.outcome == "dead-lettered"
     assert [e.pointer for e in out.errors] == ["/source/org_id"]
+
+
+async def test_what_a_recipient_receives_is_valid_fhir_r4b(hub, creds, gp, acme, ohp):
+    from fhir.resources.R4B.bundle import Bundle
+
+    await record_consent(hub, creds)
+    await publish(hub, gp, fit_note())
+    await settled(hub, 1)
+    for cred, org in ((acme, "EMP-ACME"), (ohp, "OHP-HEALTHWORKS")):
+        (msg,) = await receive(hub, cred, org, expect=1)
+        bundle = Bundle.model_validate_json(msg.data)
+        assert bundle.type == "message" and bundle.entry[0].resource.get_resource_type() == "MessageHeader"
+
+
+async def test_same_note_id_and_version_with_different_content_is_refused_not_merged(hub, creds, gp):
+    from hub.pipeline import process_inbound
+
+    msg = fit_note()
+    first = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(msg))
+    altered = {**msg, "message_id": "another", "fit_note": {**msg["fit_note"], "assessment": "not-fit"}}
+    altered["fit_note"].pop("may_be_fit_advice")
+    second = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(altered))
+    assert first.outcome == "accepted"
+    assert second.outcome == "dead-lettered"
+    assert [e.as_dict() for e in second.errors] == [{
+        "pointer": "/fit_note/id",
+        "message": "an earlier message with this id and version had different content; "
+                   "send a new version to correct it"}]
+    # a correction as version 2 is an event of its own: fit-note-superseded
+    corrected = {**altered, "message_id": "v2", "fit_note": {**altered["fit_note"], "version": 2}}
+    third = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(corrected))
+    assert third.outcome == "accepted" and third.event_id != first.event_id
+    async with hub.deps.uow() as uow:
+        assert (await uow.events.get(third.event_id)).event_type == "fit-note-superseded"
