@@ -15,8 +15,10 @@ A `Rejected` carries `message_id` and `source.org_id` when they could be read
 (well-formed), so the dead-letter store can show them.
 
 Adding a kind is one module: a model in `schemas.sources` and an adapter
-function here (``adapt_<kind>(msg, *, now) -> CanonicalEvent``), registered in
-`ADAPTERS`.
+module here (``adapt_<kind>(msg, *, now) -> CanonicalEvent`` and its bundle
+builder, from the parts in `schemas.fhir`), registered in `ADAPTERS`. The
+kinds: `fit_note`, `oh_referral`, `access_to_work`, `oh_outcome`; the hub's own
+`absence-milestone` event is not inbound and is made by `adapters.milestone`.
 """
 from __future__ import annotations
 
@@ -29,11 +31,21 @@ import orjson
 from pydantic import ValidationError
 
 from adapters import errors
+from adapters.access_to_work import adapt_access_to_work
 from adapters.fit_note import adapt_fit_note
+from adapters.oh_outcome import adapt_oh_outcome
+from adapters.oh_referral import adapt_oh_referral
 from hub.directory import Directory
 from schemas import identifiers
 from schemas.events import CanonicalEvent, FieldError, Rejected
-from schemas.sources import Envelope, FitNoteMessage, uk_today
+from schemas.sources import (
+    AccessToWorkMessage,
+    Envelope,
+    FitNoteMessage,
+    OhOutcomeMessage,
+    OhReferralMessage,
+    uk_today,
+)
 from schemas.vocab import SOURCE_KINDS
 
 __all__ = ["adapt", "KindAdapter", "ADAPTERS"]
@@ -49,7 +61,9 @@ class KindAdapter:
 
 ADAPTERS: dict[str, KindAdapter] = {
     "fit-note": KindAdapter(FitNoteMessage, adapt_fit_note),
-    # "oh-referral", "access-to-work", "oh-outcome": later issues.
+    "oh-referral": KindAdapter(OhReferralMessage, adapt_oh_referral),
+    "access-to-work": KindAdapter(AccessToWorkMessage, adapt_access_to_work),
+    "oh-outcome": KindAdapter(OhOutcomeMessage, adapt_oh_outcome),
 }
 
 

@@ -62,6 +62,7 @@ _BUILTIN_MESSAGES: dict[str, str] = {
     "model_attributes_type": "must be a JSON object",
     "dict_type": "must be a JSON object",
     "list_type": "must be a JSON array",
+    "tuple_type": "must be a JSON array",
     "string_type": "must be a string",
     "string_too_short": "must not be empty",
     "bool_type": "must be true or false",

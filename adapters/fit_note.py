@@ -1,15 +1,13 @@
 """Adapter for inbound kind `fit-note` (§2): a validated `FitNoteMessage` -> `CanonicalEvent`."""
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 
-import orjson
-
+from adapters.common import message_event
 from schemas.events import CanonicalEvent, Facts
-from schemas.fhir import event_id, fit_note_bundle, resource_categories
+from schemas.fhir import event_id, fit_note_bundle
 from schemas.sources import FitNoteMessage
-from schemas.vocab import Category, EventType
+from schemas.vocab import EventType
 
 KIND = "fit-note"
 
@@ -35,14 +33,7 @@ def adapt_fit_note(msg: FitNoteMessage, *, now: datetime) -> CanonicalEvent:
     org_id = msg.source.org_id
     eid = event_id(KIND, org_id, note.id, note.version)
     event_type = fit_note_event_type(note.version, note.replaces)
-    body = note.model_dump(mode="json")
-    content_hash = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     bundle = fit_note_bundle(msg, event_id=eid, event_type=event_type, now=now)
-    categories = frozenset(
-        Category(code)
-        for entry in bundle["entry"]
-        for code in resource_categories(entry["resource"])
-    )
     employment = note.employment
     facts = Facts(
         nhs_number=note.patient.nhs_number,
@@ -57,15 +48,5 @@ def adapt_fit_note(msg: FitNoteMessage, *, now: datetime) -> CanonicalEvent:
         period_start=note.period.start,
         period_end=note.period.end,
     )
-    return CanonicalEvent(
-        event_id=eid,
-        event_type=event_type,
-        kind=KIND,
-        source_org_id=org_id,
-        message_id=msg.message_id,
-        sent_at=msg.sent_at,
-        facts=facts,
-        bundle=bundle,
-        categories=categories,
-        content_hash=content_hash,
-    )
+    return message_event(msg, note, kind=KIND, event_id=eid, event_type=event_type,
+                         facts=facts, bundle=bundle)

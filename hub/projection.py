@@ -20,9 +20,9 @@ What a recipient gets:
 * a resource is kept when every category it is labelled with is allowed; a
   resource with no category label is dropped (fail closed);
 * resources listed in `ELEMENT_CATEGORIES` (Patient) are instead cut element by
-  element: identifier / name / birthDate are identity, address / telecom are
-  contact; elements not listed are dropped; the kept resource is relabelled with
-  the categories it still carries;
+  element: identifier (NHS and NI numbers) / name / birthDate are identity,
+  address / telecom (phone, email) are contact; elements not listed are dropped;
+  the kept resource is relabelled with the categories it still carries;
 * `MessageHeader.destination` names the recipient; `focus` keeps only references
   to kept entries; `Bundle.timestamp` is the time of this projection.
 
@@ -35,7 +35,12 @@ from datetime import datetime
 from typing import Any
 
 from hub.directory import Organisation
-from schemas.fhir import instant, resource_categories, security_labels
+from schemas.fhir import (
+    PATIENT_ELEMENT_CATEGORIES,
+    instant,
+    resource_categories,
+    security_labels,
+)
 from schemas.vocab import (
     CORE_CATEGORY,
     ORG_ID_SYSTEM,
@@ -52,15 +57,11 @@ class ProjectionRefused(ValueError):
     """The recipient may not receive this event at all (no identity or no core category)."""
 
 
-# Resources cut element by element: element -> data category.
+# Resources cut element by element: element -> data category. A Patient's
+# identifiers (NHS number, NI number), name and birth date are identity; its
+# address and telecom (phone, email) contact - the same map its builder labels by.
 ELEMENT_CATEGORIES: dict[str, dict[str, Category]] = {
-    "Patient": {
-        "identifier": Category.IDENTITY,
-        "name": Category.IDENTITY,
-        "birthDate": Category.IDENTITY,
-        "address": Category.CONTACT,
-        "telecom": Category.CONTACT,
-    },
+    "Patient": PATIENT_ELEMENT_CATEGORIES,
 }
 # Elements of those resources that carry no personal data and are always kept.
 _STRUCTURAL = ("resourceType", "id")

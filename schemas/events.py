@@ -32,7 +32,25 @@ class Rejected:
 @dataclass(frozen=True, slots=True)
 class Facts:
     """What routing and the consent gate need to know about an event, without
-    reading FHIR. Fields not relevant to a kind stay None."""
+    reading FHIR. Fields not relevant to a kind stay None.
+
+    By kind (every kind: nhs_number, postcode_area when known, document_id, version):
+
+    * fit-note: employment_status, employer_id, assessment,
+      share_diagnosis_with_employer, replaces, period_start/period_end;
+    * oh-referral: employment_status, employer_id, preferred_provider_id,
+      referrer_type, referrer_org_id, urgency, related_fit_note_id,
+      safety_critical_role, absence_started_on; document_id = referral id;
+    * access-to-work: nation, employment_status, employer_id, support_requested,
+      oh_outcome_id; document_id = application id;
+    * oh-outcome: provider_id (= the publisher), referral_id, fitness,
+      refer_to_access_to_work; document_id = outcome id;
+    * absence-milestone: episode_id (= document_id), employment_status, employer_id,
+      gp_practice_id, referrer_type "absence-milestone", absence_started_on (the
+      episode's start), milestone_on (its day 28).
+
+    The contract's other kinds carry no version: theirs is always 1.
+    """
 
     nhs_number: str
     postcode_area: str | None = None
@@ -49,6 +67,23 @@ class Facts:
     replaces: str | None = None
     period_start: date | None = None
     period_end: date | None = None
+    # OH referral
+    referrer_type: str | None = None  # gp | employer | self | work-coach | hospital | msk-service | ...
+    urgency: str | None = None  # routine | urgent
+    related_fit_note_id: str | None = None
+    safety_critical_role: bool | None = None
+    absence_started_on: date | None = None  # referral: as stated; milestone: the episode's start
+    # OH outcome
+    referral_id: str | None = None  # the referral an outcome answers
+    fitness: str | None = None  # fit | fit-with-adjustments | fit-with-restrictions | not-fit
+    refer_to_access_to_work: bool | None = None
+    # Access to Work
+    support_requested: tuple[str, ...] | None = None
+    oh_outcome_id: str | None = None  # the OH outcome an application rests on
+    # absence milestone
+    episode_id: str | None = None
+    milestone_on: date | None = None  # day 28 of the episode
+    gp_practice_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,14 +58,28 @@ The diagnosis is kept out of the Observation on purpose: it is a separate
 dropping one entry. Codes are the hub's own code systems (under `vocab.HUB`)
 except SNOMED CT for the condition, the UK Core identifier systems (NHS number,
 ODS code, professional registration numbers) and the contract's systems.
+
+Shared building blocks
+----------------------
+The other kinds (`adapters.oh_referral`, `adapters.access_to_work`,
+`adapters.oh_outcome`, `adapters.milestone`) build their bundles in their own
+modules from the same parts, defined here once: `Entries` (entry ids, fullUrls
+and references of one event), `labelled` (a resource skeleton with its
+`meta.security`), `message_header`, `patient_resource` (NHS number, NI number,
+name, birth date, postcode, email, phone; labelled by `patient_categories`
+from `PATIENT_ELEMENT_CATEGORIES`, which `hub.projection` cuts by too),
+`concept` / `logical_ref` / `org_identifier`, `employment_components` and
+`message_bundle`. Identifier systems that more than one kind refers to (a
+referral id, an outcome id, a fit note id) live here as well.
 """
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.sources import FitNoteMessage
+from schemas.sources import FitNoteMessage, Patient
 from schemas.vocab import (
     CATEGORY_SYSTEM,
     CORE_CATEGORY,
@@ -85,8 +99,28 @@ __all__ = [
     "entry_uuid",
     "instant",
     "resource_categories",
+    "bundle_categories",
     "security_labels",
+    "Entries",
+    "labelled",
+    "concept",
+    "logical_ref",
+    "org_identifier",
+    "message_header",
+    "PATIENT_ELEMENT_CATEGORIES",
+    "patient_categories",
+    "patient_resource",
+    "employment_status_concept",
+    "employment_components",
+    "message_bundle",
     "fit_note_bundle",
+    "NINO_SYSTEM",
+    "OH_REFERRAL_ID_SYSTEM",
+    "OH_OUTCOME_ID_SYSTEM",
+    "ATW_APPLICATION_ID_SYSTEM",
+    "ABSENCE_EPISODE_ID_SYSTEM",
+    "HUB_ORG_ID",
+    "HUB_NAME",
     "FIT_NOTE_CODE_SYSTEM",
     "FIT_NOTE_ID_SYSTEM",
     "PROFESSION_SYSTEM",
@@ -112,6 +146,15 @@ EXT_FIT_NOTE_REPLACES = f"{HUB}/StructureDefinition/fit-note-replaces"
 EXT_FIT_NOTE_ISSUED_ON = f"{HUB}/StructureDefinition/fit-note-issued-on"
 EXT_FIT_NOTE_ASSESSED_ON = f"{HUB}/StructureDefinition/fit-note-assessed-on"
 EXT_SHARE_WITH_EMPLOYER = f"{HUB}/StructureDefinition/share-with-employer"
+# Identifiers of source documents, assigned by the publishing organisation.
+OH_REFERRAL_ID_SYSTEM = f"{HUB}/Id/oh-referral"
+OH_OUTCOME_ID_SYSTEM = f"{HUB}/Id/oh-outcome"
+ATW_APPLICATION_ID_SYSTEM = f"{HUB}/Id/access-to-work-application"
+ABSENCE_EPISODE_ID_SYSTEM = f"{HUB}/Id/absence-episode"
+NINO_SYSTEM = "https://fhir.hl7.org.uk/Id/nino"
+# The hub itself, as the sender of the events it makes (absence-milestone).
+HUB_ORG_ID = "HUB"
+HUB_NAME = "Health and work integration hub"
 
 _UK_CORE_ID = "https://fhir.hl7.org.uk/Id"
 # The regulator that registers each certifying profession, and its UK Core identifier system.
@@ -200,12 +243,158 @@ def bundle_categories(bundle: dict[str, Any]) -> frozenset[str]:
     return frozenset().union(*(resource_categories(e["resource"]) for e in bundle.get("entry", ())))
 
 
-def _ref(urls: dict[str, str], role: str) -> dict[str, str]:
-    return {"reference": urls[role]}
+class Entries:
+    """The entries of one event's bundle, by role: ids, fullUrls and references.
+
+    Each role's id is `entry_uuid(event id, role)` and its fullUrl ``urn:uuid:<id>``,
+    so a rebuilt event has the same ids."""
+
+    __slots__ = ("ids", "urls")
+
+    def __init__(self, event: str, roles: Iterable[str]) -> None:
+        self.ids = {role: entry_uuid(event, role) for role in roles}
+        self.urls = {role: f"urn:uuid:{value}" for role, value in self.ids.items()}
+
+    def ref(self, role: str, display: str | None = None) -> dict[str, str]:
+        """A reference to the entry of `role` (KeyError if the bundle has no such role)."""
+        out = {"reference": self.urls[role]}
+        if display:
+            out["display"] = display
+        return out
+
+    def skeleton(self, resource_type: str, role: str, *categories: str) -> dict[str, Any]:
+        """`labelled(resource_type, self.ids[role], *categories)`."""
+        return labelled(resource_type, self.ids[role], *categories)
 
 
-def _coding(system: str, code: str, display: str) -> dict[str, Any]:
+def labelled(resource_type: str, resource_id: str, *categories: str) -> dict[str, Any]:
+    """A resource's first elements: type, id and its data-category labels."""
+    return {
+        "resourceType": resource_type,
+        "id": resource_id,
+        "meta": {"security": security_labels(*categories)},
+    }
+
+
+def concept(system: str, code: str, display: str) -> dict[str, Any]:
+    """A CodeableConcept of one coding, with the display as its text."""
     return {"coding": [{"system": system, "code": code, "display": display}], "text": display}
+
+
+
+
+def org_identifier(org_id: str) -> dict[str, str]:
+    """An organisation's identifier: its directory id or ODS code as the hub knows it."""
+    return {"system": ORG_ID_SYSTEM, "value": org_id}
+
+
+def logical_ref(
+    system: str, value: str, *, resource_type: str | None = None, display: str | None = None
+) -> dict[str, Any]:
+    """A reference by business identifier to something not in the bundle
+    (an organisation, an earlier referral, fit note or outcome)."""
+    out: dict[str, Any] = {}
+    if resource_type:
+        out["type"] = resource_type
+    out["identifier"] = {"system": system, "value": value}
+    if display:
+        out["display"] = display
+    return out
+
+
+def message_header(
+    entries: Entries,
+    *,
+    event_type: EventType | str,
+    sender_org_id: str,
+    source_name: str,
+    focus: Sequence[str],
+) -> dict[str, Any]:
+    """The MessageHeader (role ``message-header``), labelled with the event's core
+    category. `destination` is filled in per recipient by hub.projection."""
+    event_type = EventType(event_type)
+    header = entries.skeleton("MessageHeader", "message-header", CORE_CATEGORY[event_type])
+    header["eventCoding"] = {
+        "system": EVENT_TYPE_SYSTEM,
+        "code": event_type.value,
+        "display": _EVENT_DISPLAY[event_type],
+    }
+    header["sender"] = {"identifier": org_identifier(sender_org_id)}
+    header["source"] = {"name": source_name, "endpoint": f"{ORG_ID_SYSTEM}/{sender_org_id}"}
+    header["focus"] = [entries.ref(role) for role in focus]
+    return header
+
+
+# A Patient's elements and the category each holds (§5): hub.projection cuts by this.
+PATIENT_ELEMENT_CATEGORIES: dict[str, Category] = {
+    "identifier": Category.IDENTITY,
+    "name": Category.IDENTITY,
+    "birthDate": Category.IDENTITY,
+    "address": Category.CONTACT,
+    "telecom": Category.CONTACT,
+}
+
+
+def patient_categories(patient: dict[str, Any]) -> list[str]:
+    """The categories a Patient resource holds, from the elements it has: identity,
+    plus contact when it has an address or telecom (identity first, for stable labels)."""
+    return list(dict.fromkeys(c.value for e, c in PATIENT_ELEMENT_CATEGORIES.items() if e in patient))
+
+
+def patient_resource(person: Patient, *, resource_id: str) -> dict[str, Any]:
+    """The Patient of a source message's person: NHS number (and NI number when the
+    model has one), name, birth date, postcode, email and phone when given."""
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": resource_id, "meta": None}
+    identifiers = [{"system": NHS_NUMBER_SYSTEM, "value": person.nhs_number}]
+    nino = getattr(person, "national_insurance_number", None)
+    if nino:
+        identifiers.append({"system": NINO_SYSTEM, "value": nino})
+    patient["identifier"] = identifiers
+    patient["name"] = [{"use": "official", "family": person.name.family, "given": [person.name.given]}]
+    telecom = []
+    phone = getattr(person, "phone", None)
+    if phone:
+        telecom.append({"system": "phone", "value": phone, "use": "home"})
+    email = getattr(person, "email", None)
+    if email:
+        telecom.append({"system": "email", "value": email, "use": "home"})
+    if telecom:
+        patient["telecom"] = telecom
+    if person.birth_date is not None:
+        patient["birthDate"] = person.birth_date.isoformat()
+    if person.postcode:
+        patient["address"] = [{"use": "home", "postalCode": person.postcode}]
+    patient["meta"] = {"security": security_labels(*patient_categories(patient))}
+    return patient
+
+
+def employment_status_concept(status: str) -> dict[str, Any]:
+    return concept(EMPLOYMENT_STATUS_SYSTEM, status, _EMPLOYMENT_DISPLAY[status])
+
+
+def employment_components(system: str, status: str, occupation: str | None) -> list[dict[str, Any]]:
+    """Observation components for a person's employment status and occupation,
+    coded in `system` (the fit note's code system, or the referral's)."""
+    out = [{"code": concept(system, "employment-status", "Employment status"),
+            "valueCodeableConcept": employment_status_concept(status)}]
+    if occupation:
+        out.append({"code": concept(system, "occupation", "Occupation"), "valueString": occupation})
+    return out
+
+
+def message_bundle(
+    event: str, entries: Entries, resources: Iterable[tuple[str, dict[str, Any]]], *, now: datetime
+) -> dict[str, Any]:
+    """The message Bundle of an event: (role, resource) pairs in order, the
+    MessageHeader first."""
+    return {
+        "resourceType": "Bundle",
+        "id": event,
+        "identifier": {"system": EVENT_ID_SYSTEM, "value": event},
+        "type": "message",
+        "timestamp": instant(now),
+        "entry": [{"fullUrl": entries.urls[role], "resource": res} for role, res in resources],
+    }
 
 
 def _registration_identifier(profession: str, registration: str) -> dict[str, str]:
@@ -235,66 +424,27 @@ def fit_note_bundle(
 ) -> dict[str, Any]:
     """The canonical event bundle of one validated fit note message (see module docstring)."""
     note = msg.fit_note
-    ids = {role: entry_uuid(event_id, role) for role in _FIT_NOTE_ROLES}
-    urls = {role: f"urn:uuid:{value}" for role, value in ids.items()}
-    event_type = EventType(event_type)
+    entries = Entries(event_id, _FIT_NOTE_ROLES)
+    ref = entries.ref
     fitness = Category.FITNESS_ADVICE.value
 
-    # --- MessageHeader: destination is filled in per recipient by hub.projection.
-    header: dict[str, Any] = {
-        "resourceType": "MessageHeader",
-        "id": ids["message-header"],
-        "meta": {"security": security_labels(CORE_CATEGORY[event_type])},
-        "eventCoding": {
-            "system": EVENT_TYPE_SYSTEM,
-            "code": event_type.value,
-            "display": _EVENT_DISPLAY[event_type],
-        },
-        "sender": {"identifier": {"system": ORG_ID_SYSTEM, "value": msg.source.org_id}},
-        "source": {"name": msg.source.system, "endpoint": f"{ORG_ID_SYSTEM}/{msg.source.org_id}"},
-        "focus": [_ref(urls, "fit-note")],
-    }
-
-    # --- Patient: identity elements, plus contact when a postcode is given.
-    p = note.patient
-    patient: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": ids["patient"],
-        "meta": {"security": security_labels(Category.IDENTITY, Category.CONTACT)
-                 if p.postcode else security_labels(Category.IDENTITY)},
-        "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": p.nhs_number}],
-        "name": [{"use": "official", "family": p.name.family, "given": [p.name.given]}],
-    }
-    if p.birth_date is not None:
-        patient["birthDate"] = p.birth_date.isoformat()
-    if p.postcode:
-        patient["address"] = [{"use": "home", "postalCode": p.postcode}]
+    header = message_header(entries, event_type=event_type, sender_org_id=msg.source.org_id,
+                            source_name=msg.source.system, focus=("fit-note",))
+    patient = patient_resource(note.patient, resource_id=entries.ids["patient"])
 
     # --- The issuer: Practitioner, PractitionerRole (profession at the practice), Organization.
     issuer = note.issuer
-    practitioner: dict[str, Any] = {
-        "resourceType": "Practitioner",
-        "id": ids["practitioner"],
-        "meta": {"security": security_labels(fitness)},
-        "name": [{"text": issuer.name}],
-    }
+    practitioner = entries.skeleton("Practitioner", "practitioner", fitness)
+    practitioner["name"] = [{"text": issuer.name}]
     if issuer.registration:
         practitioner["identifier"] = [_registration_identifier(issuer.profession, issuer.registration)]
-    role: dict[str, Any] = {
-        "resourceType": "PractitionerRole",
-        "id": ids["practitioner-role"],
-        "meta": {"security": security_labels(fitness)},
-        "practitioner": _ref(urls, "practitioner"),
-        "organization": _ref(urls, "organization"),
-        "code": [_coding(PROFESSION_SYSTEM, issuer.profession, _PROFESSION_DISPLAY[issuer.profession])],
-    }
+    role = entries.skeleton("PractitionerRole", "practitioner-role", fitness)
+    role["practitioner"] = ref("practitioner")
+    role["organization"] = ref("organization")
+    role["code"] = [concept(PROFESSION_SYSTEM, issuer.profession, _PROFESSION_DISPLAY[issuer.profession])]
     org = issuer.organisation
-    organization: dict[str, Any] = {
-        "resourceType": "Organization",
-        "id": ids["organization"],
-        "meta": {"security": security_labels(fitness)},
-        "identifier": [{"system": ODS_SYSTEM, "value": org.ods_code}],
-    }
+    organization = entries.skeleton("Organization", "organization", fitness)
+    organization["identifier"] = [{"system": ODS_SYSTEM, "value": org.ods_code}]
     if issuer.setting:
         organization["type"] = [{"text": issuer.setting}]
     if org.name:
@@ -317,51 +467,41 @@ def fit_note_bundle(
         advice = note.may_be_fit_advice
         for attr, code, display in _ADVICE:
             components.append(
-                {"code": _coding(FIT_NOTE_CODE_SYSTEM, code, display),
+                {"code": concept(FIT_NOTE_CODE_SYSTEM, code, display),
                  "valueBoolean": getattr(advice, attr)}
             )
     if note.functional_effects:
         components.append(
-            {"code": _coding(FIT_NOTE_CODE_SYSTEM, "functional-effects",
+            {"code": concept(FIT_NOTE_CODE_SYSTEM, "functional-effects",
                              "Functional effects of the condition"),
              "valueString": note.functional_effects}
         )
     if note.follow_up_assessment_needed is not None:
         components.append(
-            {"code": _coding(FIT_NOTE_CODE_SYSTEM, "follow-up-assessment-needed",
+            {"code": concept(FIT_NOTE_CODE_SYSTEM, "follow-up-assessment-needed",
                              "Follow-up assessment needed at the end of the period"),
              "valueBoolean": note.follow_up_assessment_needed}
         )
     if note.employment is not None:
-        status = note.employment.status
-        components.append(
-            {"code": _coding(FIT_NOTE_CODE_SYSTEM, "employment-status", "Employment status"),
-             "valueCodeableConcept": _coding(EMPLOYMENT_STATUS_SYSTEM, status, _EMPLOYMENT_DISPLAY[status])}
-        )
-        if note.employment.occupation:
-            components.append(
-                {"code": _coding(FIT_NOTE_CODE_SYSTEM, "occupation", "Occupation"),
-                 "valueString": note.employment.occupation}
-            )
-    fit_note: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": ids["fit-note"],
-        "meta": {"security": security_labels(fitness)},
+        components.extend(employment_components(
+            FIT_NOTE_CODE_SYSTEM, note.employment.status, note.employment.occupation))
+    fit_note = entries.skeleton("Observation", "fit-note", fitness)
+    fit_note.update({
         "extension": extensions,
         "identifier": [
             {"system": FIT_NOTE_ID_SYSTEM, "value": note.id,
-             "assigner": {"identifier": {"system": ORG_ID_SYSTEM, "value": msg.source.org_id}}}
+             "assigner": {"identifier": org_identifier(msg.source.org_id)}}
         ],
         "status": "amended" if note.version > 1 else "final",
-        "code": _coding(FIT_NOTE_CODE_SYSTEM, "fit-note", "Statement of fitness for work"),
-        "subject": _ref(urls, "patient"),
+        "code": concept(FIT_NOTE_CODE_SYSTEM, "fit-note", "Statement of fitness for work"),
+        "subject": ref("patient"),
         "effectivePeriod": {"start": note.period.start.isoformat(), "end": note.period.end.isoformat()},
         "issued": instant(msg.sent_at),
-        "performer": [_ref(urls, "practitioner-role")],
-        "valueCodeableConcept": _coding(
+        "performer": [ref("practitioner-role")],
+        "valueCodeableConcept": concept(
             FIT_NOTE_CODE_SYSTEM, note.assessment, _ASSESSMENT_DISPLAY[note.assessment]
         ),
-    }
+    })
     if components:
         fit_note["component"] = components
 
@@ -370,18 +510,16 @@ def fit_note_bundle(
     code: dict[str, Any] = {"text": cond.text}
     if cond.snomed:
         code["coding"] = [{"system": SNOMED_SYSTEM, "code": cond.snomed}]
-    condition: dict[str, Any] = {
-        "resourceType": "Condition",
-        "id": ids["condition"],
-        "meta": {"security": security_labels(Category.DIAGNOSIS)},
+    condition = entries.skeleton("Condition", "condition", Category.DIAGNOSIS)
+    condition.update({
         "extension": [{"url": EXT_SHARE_WITH_EMPLOYER, "valueBoolean": cond.share_with_employer}],
         "code": code,
-        "subject": _ref(urls, "patient"),
+        "subject": ref("patient"),
         "recordedDate": note.issued_on.isoformat(),
-        "asserter": _ref(urls, "practitioner-role"),
-    }
+        "asserter": ref("practitioner-role"),
+    })
 
-    resources = (
+    return message_bundle(event_id, entries, (
         ("message-header", header),
         ("patient", patient),
         ("practitioner", practitioner),
@@ -389,12 +527,4 @@ def fit_note_bundle(
         ("organization", organization),
         ("fit-note", fit_note),
         ("condition", condition),
-    )
-    return {
-        "resourceType": "Bundle",
-        "id": event_id,
-        "identifier": {"system": EVENT_ID_SYSTEM, "value": event_id},
-        "type": "message",
-        "timestamp": instant(now),
-        "entry": [{"fullUrl": urls[r], "resource": res} for r, res in resources],
-    }
+    ), now=now)

@@ -2,8 +2,9 @@
 
 Every inbound message is an envelope (`message_id`, `sent_at`, `source`) plus one
 body whose key depends on the kind (`vocab.SOURCE_KINDS`). `Envelope` holds the
-common part; each kind subclasses it with its body (`FitNoteMessage` here; the
-other kinds follow the same pattern in later issues).
+common part; each kind subclasses it with its body: `FitNoteMessage` (`fit_note`),
+`OhReferralMessage` (`referral`), `AccessToWorkMessage` (`application`) and
+`OhOutcomeMessage` (`outcome`).
 
 Rules enforced (§2):
 
@@ -20,6 +21,23 @@ Rules enforced (§2):
   as validation context, ``Model.model_validate(data, context={"today": date})``;
   without context the current UK date is used;
 * unknown fields are ignored (publishers may send more than the hub needs).
+
+Rules of the other kinds, beyond the shared ones (NHS number, postcode, dates,
+`employment.status`):
+
+* OH referral: `referrer.type` is one of `REFERRER_TYPES` (the referrers DOMAIN.md
+  names); `referrer.org_id` is required unless the referrer is the person (`self`);
+  `urgency` is `routine` (the default) or `urgent` - FHIR `ServiceRequest.priority`
+  codes, so it maps one to one; `created_on` and `absence_started_on` are not in
+  the future;
+* Access to Work: a valid National Insurance number; `nation` is `england`,
+  `scotland` or `wales` - `northern-ireland` is refused with its own message
+  (Northern Ireland has its own scheme); `support_requested` names at least one
+  of `ATW_SUPPORT` (the six kinds of support Access to Work grants), each once;
+  `employment.hours_per_week` is more than 0 and at most 168; `email` looks like an
+  address;
+* OH outcome: `fitness` is one of `FITNESS_OPINIONS`; `provider_id` must be the
+  publishing organisation (`source.org_id`): an OH provider reports its own outcomes.
 
 Validate with ``model_validate`` on a parsed JSON object (the adapters parse with
 orjson first) or ``model_validate_json``; both apply the same rules.
@@ -41,7 +59,7 @@ from pydantic import (
     WrapValidator,
     field_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from schemas import identifiers
 from schemas.ukdate import UK, uk_today  # noqa: F401 (UK re-exported)
@@ -64,6 +82,21 @@ __all__ = [
     "PROFESSIONS",
     "EMPLOYMENT_STATUSES",
     "ASSESSMENTS",
+    "ContactPatient",
+    "Applicant",
+    "Referrer",
+    "OhReferral",
+    "OhReferralMessage",
+    "AtwEmployment",
+    "AccessToWorkApplication",
+    "AccessToWorkMessage",
+    "OhOutcome",
+    "OhOutcomeMessage",
+    "REFERRER_TYPES",
+    "URGENCIES",
+    "NATIONS",
+    "ATW_SUPPORT",
+    "FITNESS_OPINIONS",
 ]
 
 
@@ -246,6 +279,137 @@ Version = Annotated[
     _rule("version", "must be a whole number, 1 or more"),
 ]
 
+REFERRER_TYPES: tuple[str, ...] = (
+    "gp",
+    "employer",
+    "self",
+    "work-coach",
+    "hospital",
+    "msk-service",
+    "mental-health-service",
+)
+URGENCIES: tuple[str, ...] = ("routine", "urgent")
+NATIONS: tuple[str, ...] = ("england", "scotland", "wales")
+ATW_SUPPORT: tuple[str, ...] = (
+    "special-aids-equipment",
+    "adaptations-to-premises",
+    "support-worker",
+    "travel-to-work",
+    "communication-support-at-interview",
+    "mental-health-support",
+)
+FITNESS_OPINIONS: tuple[str, ...] = ("fit", "fit-with-adjustments", "fit-with-restrictions", "not-fit")
+
+ReferrerType = Annotated[
+    Literal["gp", "employer", "self", "work-coach", "hospital", "msk-service", "mental-health-service"],
+    _rule(
+        "referrer_type",
+        "must be a referrer type: gp, employer, self, work-coach, hospital, msk-service "
+        "or mental-health-service",
+    ),
+]
+Urgency = Annotated[Literal["routine", "urgent"], _rule("urgency", "must be routine or urgent")]
+AtwSupportKind = Annotated[
+    Literal[
+        "special-aids-equipment",
+        "adaptations-to-premises",
+        "support-worker",
+        "travel-to-work",
+        "communication-support-at-interview",
+        "mental-health-support",
+    ],
+    _rule(
+        "atw_support",
+        "must be a kind of Access to Work support: special-aids-equipment, adaptations-to-premises, "
+        "support-worker, travel-to-work, communication-support-at-interview or mental-health-support",
+    ),
+]
+Fitness = Annotated[
+    Literal["fit", "fit-with-adjustments", "fit-with-restrictions", "not-fit"],
+    _rule(
+        "fitness",
+        "must be an OH fitness opinion: fit, fit-with-adjustments, fit-with-restrictions or not-fit",
+    ),
+]
+
+
+def _nation(value: Any, handler: Any) -> Any:
+    if value == "northern-ireland":
+        raise PydanticCustomError(
+            "nation_not_covered",
+            "Access to Work does not cover Northern Ireland, which has its own scheme; "
+            "apply to the Northern Ireland scheme instead (england, scotland or wales only here)",
+        )
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError("nation", "must be england, scotland or wales") from None
+
+
+Nation = Annotated[Literal["england", "scotland", "wales"], WrapValidator(_nation)]
+NiNumber = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": "^ *[A-Za-z]{2} *([0-9] *){6}[A-Da-d] *$"}),
+    _identifier(identifiers.ni_number, "ni_number"),
+]
+HoursPerWeek = Annotated[
+    float,
+    Field(strict=True, gt=0, le=168),
+    _rule("hours_per_week", "must be a number of hours more than 0 and at most 168"),
+]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+_EMAIL_MESSAGE = "must be an email address"
+
+
+def _email(value: str) -> str:
+    address = value.strip()
+    if not _EMAIL.match(address):
+        raise PydanticCustomError("email", _EMAIL_MESSAGE)
+    return address
+
+
+Email = Annotated[
+    str,
+    Field(max_length=254, json_schema_extra={"format": "email", "pattern": "^[^@ ]+@[^@ ]+[.][^@ ]+$"}),
+    _rule("email", _EMAIL_MESSAGE),
+    AfterValidator(_email),
+]
+
+_PHONE = re.compile(r"^(\+44|0)[0-9]{9,10}$")
+_PHONE_SEPARATORS = str.maketrans("", "", " -()")
+
+
+def _phone(value: str) -> str:
+    """A UK phone number; stored without separators (+44 or 0, then 9 or 10 digits)."""
+    compact = value.translate(_PHONE_SEPARATORS)
+    if not _PHONE.match(compact):
+        raise PydanticCustomError("phone", "must be a UK phone number")
+    return compact
+
+
+Phone = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": "^[+0-9(][0-9 ()-]{8,20}$"}),
+    _rule("phone", "must be a UK phone number"),
+    AfterValidator(_phone),
+]
+
+
+def _support_list(items: tuple[str, ...]) -> tuple[str, ...]:
+    if not items:
+        raise PydanticCustomError("atw_support_empty", "must name at least one kind of support")
+    if len(set(items)) != len(items):
+        raise PydanticCustomError("atw_support_repeated", "must not name the same kind of support twice")
+    return items
+
+
+SupportRequested = Annotated[
+    tuple[AtwSupportKind, ...],
+    Field(json_schema_extra={"minItems": 1, "uniqueItems": True}),
+    AfterValidator(_support_list),
+]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -341,9 +505,14 @@ class Period(_Model):
         return end
 
 
-class Employment(_Model):
+class _EmploymentBase(_Model):
     status: EmploymentStatus
     employer_id: OrgId | None = None
+
+
+class Employment(_EmploymentBase):
+    """The person's work, as a fit note or an OH referral states it."""
+
     occupation: ShortText | None = None
 
 
@@ -399,3 +568,170 @@ class FitNoteMessage(Envelope):
     """Inbound kind `fit-note` (§2): the envelope plus `fit_note`."""
 
     fit_note: FitNote
+
+
+# -------------------------------------------------------------------- OH referral
+
+
+class ContactPatient(Patient):
+    """A person who may also be reached by email or phone (referrals, applications)."""
+
+    email: Email | None = None
+    phone: Phone | None = None
+
+
+class Referrer(_Model):
+    """Who refers: its kind, and its organisation unless the person refers themselves."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "self"}}},
+            "else": {"required": ["org_id"], "properties": {"org_id": {"type": "string"}}},
+        }
+    )
+
+    type: ReferrerType
+    org_id: OrgId | None = Field(
+        default=None, validate_default=True,
+        description="the referring organisation; required unless type is self",
+    )
+    name: ShortText | None = None
+
+    @field_validator("org_id")
+    @classmethod
+    def _org_unless_self(cls, org_id: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("type")
+        if org_id is None and kind is not None and kind != "self":
+            raise PydanticCustomError(
+                "referrer_org_id", "is required unless the person refers themselves (type self)"
+            )
+        return org_id
+
+
+class OhReferral(_Model):
+    """An occupational-health referral, key `referral`."""
+
+    id: ShortText = Field(description="the referral's id at its source")
+    created_on: IsoDate
+    referrer: Referrer
+    patient: ContactPatient
+    employment: Employment | None = None
+    reason: LongText
+    questions: tuple[LongText, ...] | None = None
+    urgency: Urgency = Field(default="routine", description="routine (the default) or urgent")
+    related_fit_note_id: ShortText | None = None
+    preferred_provider_id: OrgId | None = None
+    absence_started_on: IsoDate | None = None
+    safety_critical_role: Flag = False
+
+    @field_validator("created_on")
+    @classmethod
+    def _created_not_future(cls, value: date, info: ValidationInfo) -> date:
+        return _not_future(value, info, "the referral date")  # type: ignore[return-value]
+
+    @field_validator("absence_started_on")
+    @classmethod
+    def _absence_not_future(cls, value: date | None, info: ValidationInfo) -> date | None:
+        return _not_future(value, info, "the absence start")
+
+
+class OhReferralMessage(Envelope):
+    """Inbound kind `oh-referral` (§2): the envelope plus `referral`."""
+
+    referral: OhReferral
+
+
+# ---------------------------------------------------------------- Access to Work
+
+
+class Applicant(ContactPatient):
+    national_insurance_number: NiNumber = Field(
+        description="two letters, six digits, a final letter A-D; prefixes never issued are refused"
+    )
+
+
+class AtwEmployment(_EmploymentBase):
+    """The job the support is for."""
+
+    job_title: ShortText | None = None
+    hours_per_week: HoursPerWeek | None = None
+    workplace_contact: ShortText | None = None
+
+
+class AccessToWorkApplication(_Model):
+    """An Access to Work application, key `application`."""
+
+    id: ShortText = Field(description="the application's id at its source")
+    submitted_on: IsoDate
+    applicant: Applicant
+    nation: Nation = Field(
+        description="england, scotland or wales; Northern Ireland has its own scheme and is refused"
+    )
+    employment: AtwEmployment
+    barriers: LongText = Field(description="how the condition affects the work")
+    support_requested: SupportRequested = Field(description="at least one kind of support, each once")
+    oh_outcome_ref: ShortText | None = Field(
+        default=None, description="id of an OH outcome that recommended this support"
+    )
+
+    @field_validator("submitted_on")
+    @classmethod
+    def _submitted_not_future(cls, value: date, info: ValidationInfo) -> date:
+        return _not_future(value, info, "the submission date")  # type: ignore[return-value]
+
+
+class AccessToWorkMessage(Envelope):
+    """Inbound kind `access-to-work` (§2): the envelope plus `application`."""
+
+    application: AccessToWorkApplication
+
+
+# -------------------------------------------------------------------- OH outcome
+
+
+class OhOutcome(_Model):
+    """An OH provider's assessment outcome, key `outcome`."""
+
+    id: ShortText = Field(description="the outcome's id at the provider")
+    referral_id: ShortText | None = Field(default=None, description="the referral this answers")
+    provider_id: OrgId = Field(description="the OH provider; must be the publisher (source.org_id)")
+    patient: Patient
+    assessed_on: IsoDate
+    fitness: Fitness
+    recommended_adjustments: tuple[LongText, ...] | None = None
+    return_to_work_plan: LongText | None = None
+    refer_to_access_to_work: Flag = False
+    clinical_notes: LongText | None = Field(
+        default=None, description="the OH clinician's notes: for the GP, never for the employer"
+    )
+
+    @field_validator("assessed_on")
+    @classmethod
+    def _assessed_not_future(cls, value: date, info: ValidationInfo) -> date:
+        return _not_future(value, info, "the assessment date")  # type: ignore[return-value]
+
+
+class OhOutcomeMessage(Envelope):
+    """Inbound kind `oh-outcome` (§2): the envelope plus `outcome`."""
+
+    outcome: OhOutcome
+
+    @field_validator("outcome")
+    @classmethod
+    def _provider_is_publisher(cls, outcome: OhOutcome, info: ValidationInfo) -> OhOutcome:
+        source = info.data.get("source")
+        if source is not None and outcome.provider_id != source.org_id:
+            # Raised as a ValidationError so the error sits at /outcome/provider_id.
+            raise ValidationError.from_exception_data(
+                "OhOutcome",
+                [InitErrorDetails(
+                    type=PydanticCustomError(
+                        "provider_not_publisher",
+                        "must be the publishing organisation (source.org_id): "
+                        "an OH provider reports only its own outcomes",
+                    ),
+                    loc=("provider_id",),
+                    input=outcome.provider_id,
+                )],
+            )
+        return outcome

@@ -402,14 +402,6 @@ def test_unknown_kind(kind: str) -> None:
     assert result.source_org_id == "B86001"
 
 
-@pytest.mark.parametrize("kind", ["oh-referral", "access-to-work", "oh-outcome"])
-def test_other_kinds_are_not_yet_supported(kind: str) -> None:
-    msg = example(kind)
-    result = rejected(msg, kind=kind, subject=None)
-    assert [(e.pointer, e.message) for e in result.errors] == [("", "kind not yet supported by this hub")]
-    assert result.message_id == msg["message_id"]
-
-
 def test_body_key_follows_the_kind() -> None:
     result = rejected(example(), kind="oh-referral")
     assert [(e.pointer, e.message) for e in result.errors] == [("/referral", "is required")]
