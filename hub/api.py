@@ -282,13 +282,21 @@ async def resubmit_dead_letter(dead_letter_id: str, request: Request, who: Princ
 
 
 def create_app(hub: "Hub") -> FastAPI:
-    app = FastAPI(
-        title="Health and work integration hub",
-        version="0.1.0",
-        description="Consent-gated, minimised, audited delivery of fit notes, OH referrals, "
-                    "Access to Work requests and OH outcomes (contract §9).",
-    )
+    from hub import __version__
+    from hub.docs import DESCRIPTION, TITLE, asyncapi
+
+    app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION + " (contract §9)")
     app.state.hub = hub
+
+    @app.get("/asyncapi.json", tags=["operations"], include_in_schema=False)
+    async def asyncapi_json() -> Response:
+        return Response(asyncapi(hub.broker).to_json(), media_type="application/json")
+
+    @app.get("/asyncapi", tags=["operations"], include_in_schema=False)
+    async def asyncapi_page() -> Response:
+        from faststream.specification.asyncapi.site import get_asyncapi_html
+
+        return Response(get_asyncapi_html(asyncapi(hub.broker), try_it_out_path=None), media_type="text/html")
 
     @app.exception_handler(ConsentInvalid)
     async def _consent_invalid(_request: Request, exc: ConsentInvalid):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -22,11 +23,14 @@ from hub.db import make_engine, migrate
 from hub.delivery import WebhookChannel
 from hub.directory import Directory, load_directory
 from hub.nats_server import EmbeddedNats, signal_reload
+from hub.milestones import MilestoneTimer
 from hub.outbox import OutboxRelay
 from hub.pipeline import Deps, parse_subject, process_inbound
 from hub.settings import Settings
 from hub.store import UnitOfWorkFactory
 from hub.streams import (
+    DELIVER_STREAM,
+    DLQ_STREAM,
     INBOUND_CONSUMER,
     INBOUND_STREAM,
     ensure_recipient_consumers,
@@ -35,6 +39,55 @@ from hub.streams import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | None",
+                 on_inbound: Callable[[NatsMessage], Awaitable[None]]) -> NatsBroker:
+    """The FastStream broker: the inbound subscriber, and the delivery and
+    dead-letter subjects declared as publishers so the AsyncAPI document
+    describes the whole broker side."""
+    if identity:
+        user, password = identity.user, identity.password
+    else:
+        user, password = settings.nats_user, settings.nats_password
+    security = SASLPlaintext(username=user, password=password) if user else None
+    broker = NatsBroker(settings.broker_url, security=security, name="hub",
+                        max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=log,
+                        log_level=logging.DEBUG)
+
+    @broker.subscriber(
+        "hub.inbound.>",
+        stream=JStream(INBOUND_STREAM, declare=False),
+        durable=INBOUND_CONSUMER,
+        config=inbound_consumer_config(),
+        pull_sub=PullSub(batch_size=settings.inbound_batch, timeout=1.0),
+        ack_policy=AckPolicy.MANUAL,
+        title="hub.inbound.{kind}.{org_id}",
+        description="Source messages published by GP and hospital systems, referrers, the Access to Work "
+                    "service and OH providers (contract §2). {kind} is fit-note, oh-referral, "
+                    "access-to-work or oh-outcome; {org_id} must be the publisher's own organisation. "
+                    "Payloads: the JSON Schemas in schemas/json/. A message that breaks a field rule "
+                    "goes, unchanged, to hub.dlq.{kind}.",
+    )
+    async def on_inbound_message(msg: NatsMessage) -> None:
+        await on_inbound(msg)
+
+    broker.publisher(
+        "hub.deliver.{org_id}", stream=JStream(DELIVER_STREAM, declare=False),
+        title="hub.deliver.{org_id}",
+        description="Deliveries (contract §4): a FHIR R4B message Bundle cut down to what the recipient may "
+                    "see, header Nats-Msg-Id '<event id>:<org_id>', kept in stream HUB_DELIVER for the "
+                    "recipient's durable pull consumer deliver-<org_id>.",
+        schema=dict,
+    )
+    broker.publisher(
+        "hub.dlq.{kind}", stream=JStream(DLQ_STREAM, declare=False),
+        title="hub.dlq.{kind}",
+        description="Dead letters (contract §6): the refused source message unchanged, with header "
+                    "Hub-Errors holding the errors as JSON [{pointer, message}].",
+        schema=bytes,
+    )
+    return broker
 
 
 class ResubmitRefused(ValueError):
@@ -66,31 +119,7 @@ class Hub:
     # --- broker side -----------------------------------------------------------------
 
     def _build_broker(self) -> NatsBroker:
-        s = self.settings
-        if self.identity:
-            user, password = self.identity.user, self.identity.password
-        else:
-            user, password = s.nats_user, s.nats_password
-        security = SASLPlaintext(username=user, password=password) if user else None
-        broker = NatsBroker(s.broker_url, security=security, name="hub",
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=log,
-                            log_level=logging.DEBUG)
-
-        @broker.subscriber(
-            "hub.inbound.>",
-            stream=JStream(INBOUND_STREAM, declare=False),
-            durable=INBOUND_CONSUMER,
-            config=inbound_consumer_config(),
-            pull_sub=PullSub(batch_size=s.inbound_batch, timeout=1.0),
-            ack_policy=AckPolicy.MANUAL,
-            title="hub.inbound.{kind}.{org_id}",
-            description="Source messages (fit notes, referrals, Access to Work, outcomes); "
-                        "a message that breaks a field rule goes to hub.dlq.{kind}.",
-        )
-        async def on_inbound(msg: NatsMessage) -> None:
-            await self.handle_inbound(msg)
-
-        return broker
+        return build_broker(self.settings, self.identity, self.handle_inbound)
 
     async def handle_inbound(self, msg: NatsMessage) -> None:
         raw = msg.raw_message
@@ -124,13 +153,17 @@ class Hub:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
         self.relay = OutboxRelay(self.deps.uow, self.js, WebhookChannel(self._http, self.directory), self.clock,
                                  self.audit, interval=self.settings.relay_interval_s)
+        self.milestones = MilestoneTimer(self.deps, interval=self.settings.milestone_poll_s, on_fired=self.relay.kick)
         await self.broker.start()
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
         self.started = True
         log.info("hub started in %.2fs (broker %s, database %s)", asyncio.get_running_loop().time() - t0,
                  "embedded" if self.embedded else "external", self.engine.url.get_backend_name())
 
     async def stop(self) -> None:
+        if getattr(self, "milestones", None) is not None:
+            self.milestones.stop()
         if getattr(self, "relay", None) is not None:
             await self.relay.stop()
         for task in self._tasks:
@@ -167,7 +200,7 @@ class Hub:
             return
         async with self.deps.uow() as uow:
             users = await credentials.broker_users(uow)
-        self.embedded.reload_users(users)
+        await self.embedded.apply_users(users)
 
     async def resubmit_dead_letter(self, dead_letter_id: str, fixed: bytes | None, *, actor: str) -> str:
         """Publish a dead letter (or its correction) to its inbound subject again;

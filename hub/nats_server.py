@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,10 @@ from hub.nats_auth import (
 )
 
 log = logging.getLogger(__name__)
+
+#: A user with no rights, present only in the config written by the newest
+#: reload, so that the hub can tell when the server has applied it.
+RELOAD_PROBE_USER = "_reload-probe"
 
 #: Stable name: JetStream keeps it in its metadata, so it must not change
 #: between runs over the same store.
@@ -490,6 +495,30 @@ class EmbeddedNats:
         return True
 
     # -- credentials
+
+    async def apply_users(self, users: Sequence[NatsUser], timeout: float = 5.0) -> None:
+        """Like :meth:`reload_users`, but return only once the server has applied
+        the new list. The written config carries a one-off probe user (no rights)
+        whose password only this version knows; when it can connect, the reload
+        is in force."""
+        probe_password = secrets.token_urlsafe(18)
+        probe = NatsUser(RELOAD_PROBE_USER, hash_password(probe_password), "admin", None)
+        self._users = tuple(users)
+        write_auth_conf(self.data_dir, self.hub_user, self.hub_password_hash, (*self._users, probe))
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                nc = await nats.connect(self.url, user=RELOAD_PROBE_USER, password=probe_password,
+                                        allow_reconnect=False, connect_timeout=1, max_reconnect_attempts=0,
+                                        error_cb=_silent)
+                await nc.close()
+                return
+            except Exception as exc:  # noqa: BLE001 - not applied yet
+                if time.monotonic() > deadline:
+                    raise NatsServerError("nats-server did not apply the new users in time") from exc
+                await asyncio.sleep(0.02)
 
     def reload_users(self, users: Sequence[NatsUser]) -> None:
         """Replace the broker users: rewrite ``auth.conf`` and SIGHUP the

@@ -12,19 +12,22 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 import orjson
 
 from adapters import adapt
+from adapters.milestone import milestone_event
 from consent.records import records_from_rows
 from hub.audit import AuditLog
 from hub.clock import Clock
 from hub.directory import Directory
 from hub.gate import GateResult, gate
 from hub.projection import project
-from hub.routing import route
+from hub.absence import Note, chain
+from hub.routing import Context, route
+from hub.signposting import notice_bundle
 from hub.store import UnitOfWork, UnitOfWorkFactory
 from hub.streams import deliver_subject
 from schemas.events import CanonicalEvent, FieldError, Rejected
@@ -136,9 +139,25 @@ async def _accept(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, subject: s
         return await _dead_letter(uow, deps, event.kind, subject, data, conflict, via)
 
     now = deps.clock.now()
-    consent_rows = await uow.consents.for_person(event.facts.nhs_number)
-    consents = records_from_rows(consent_rows)
-    plan = route(event, deps.directory)
+    ctx = Context()
+    if event.kind == "fit-note":
+        episode = await _track_absence(uow, deps, event, now)
+        ctx = Context(
+            milestone_passed=episode is not None and episode.milestone_event_id is not None,
+            previous_recipients=tuple(await _had_replaced_note(uow, event)),
+        )
+    elif event.kind == "oh-outcome":
+        ctx = await _outcome_context(uow, event)
+    return await persist_event(uow, deps, event, ctx, now=now, via=via)
+
+
+async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx: Context, *, now: datetime,
+                        via: str) -> InboundResult:
+    """Route, gate, project and record one event: the event row, one decision per
+    candidate and category, a delivery (outbox) row per candidate, unroutable and
+    signposting records and their audit rows, all in the caller's transaction."""
+    consents = records_from_rows(await uow.consents.for_person(event.facts.nhs_number))
+    plan = route(event, deps.directory, ctx)
     gated = [gate(event, cand, consents, now) for cand in plan.candidates]
     person = deps.audit.person(event.facts.nhs_number)
 
@@ -184,12 +203,141 @@ async def _accept(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, subject: s
                        person=person, detail={"role": r["role"], "org": r["org_id"]})
         for r in unroutable_rows
     )
+    if plan.signpost is not None:
+        notice = _signpost(deps, event, plan.signpost, now)
+        if notice is not None:
+            delivery_rows.append(notice)
+        await uow.signposting.add({
+            "id": event.event_id, "event_id": event.event_id, "nhs_number": event.facts.nhs_number,
+            "referrer_org_id": event.facts.referrer_org_id, "referrer_type": event.facts.referrer_type,
+            "postcode_area": event.facts.postcode_area, "reason": plan.signpost,
+            "notice_delivery_id": notice["delivery_id"] if notice else None, "recorded_at": now,
+        })
+        audit_rows.append(deps.audit.row(
+            "routing.signposted", actor="hub", at=now, ref=event.event_id, event_id=event.event_id,
+            person=person, detail={"notified": notice["recipient_id"] if notice else None}))
     await uow.decisions.add_many(decision_rows)
     await uow.deliveries.add_many(delivery_rows)
     await uow.unroutable.add_many(unroutable_rows)
     await uow.audit.append_many(audit_rows)
     sent = sum(1 for g in gated if g.deliver)
     return InboundResult("accepted", event_id=event.event_id, deliveries=sent, withheld=len(gated) - sent)
+
+
+def _signpost(deps: Deps, event: CanonicalEvent, reason: str, now: datetime) -> dict | None:
+    """Tell the referrer, on its own delivery channel, that its referral had nowhere to go."""
+    referrer = deps.directory.get(event.facts.referrer_org_id)
+    if referrer is None or referrer.delivery is None:
+        return None
+    address = deliver_subject(referrer.id) if referrer.delivery.channel == "broker" else (referrer.delivery.url or "")
+    bundle = notice_bundle(referral_event_id=event.event_id, referral_id=event.facts.document_id,
+                           referrer_id=referrer.id, referrer_name=referrer.name, endpoint=address,
+                           reason=reason, now=now)
+    return {
+        "delivery_id": f"{event.event_id}:{referrer.id}", "event_id": event.event_id,
+        "nhs_number": event.facts.nhs_number, "recipient_id": referrer.id, "recipient_type": referrer.type,
+        "purpose": "signposting", "channel": referrer.delivery.channel, "address": address, "state": "pending",
+        "categories": [], "decision_ids": [], "reason": f"Signposting notice: {reason}",
+        "payload": orjson.dumps(bundle), "attempts": 0, "created_at": now,
+    }
+
+
+# --- what routing needs to remember ---------------------------------------------------------
+
+
+def _note_key(source_org_id: str, note_id: str) -> str:
+    return f"{source_org_id}|{note_id}"
+
+
+async def _had_replaced_note(uow: UnitOfWork, event: CanonicalEvent) -> list[str]:
+    """For a superseding note: who had the note (or earlier version) it replaces."""
+    f = event.facts
+    replaced: list[str] = []
+    if f.replaces:
+        replaced += [r.event_id for r in await uow.events.by_document("fit-note", f.replaces, event.source_org_id)]
+    if (f.version or 1) > 1:
+        replaced += [r.event_id for r in await uow.events.by_document("fit-note", f.document_id, event.source_org_id)]
+    return await uow.deliveries.recipients_of(replaced)
+
+
+async def _outcome_context(uow: UnitOfWork, event: CanonicalEvent) -> Context:
+    latest = await uow.events.latest_fit_note(event.facts.nhs_number)
+    employer_id = None
+    if event.facts.referral_id:
+        referrals = await uow.events.by_document("oh-referral", event.facts.referral_id)
+        if referrals:
+            employer_id = referrals[-1].facts.get("employer_id")
+    return Context(gp_practice_id=latest.source_org_id if latest else None, referral_employer_id=employer_id)
+
+
+async def _track_absence(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, now: datetime):
+    """Record the note, re-chain the person's episodes, fire any milestone now due;
+    return the episode row this note belongs to (None if it is not a not-fit note)."""
+    f = event.facts
+    key = _note_key(event.source_org_id, f.document_id)
+    existing = await uow.absence.note(key)
+    if existing is None or existing.version <= (f.version or 1):
+        await uow.absence.put_note({
+            "note_key": key, "nhs_number": f.nhs_number, "version": f.version or 1, "event_id": event.event_id,
+            "start_on": f.period_start, "end_on": f.period_end, "not_fit": f.assessment == "not-fit",
+            "superseded": False, "episode_id": existing.episode_id if existing else None,
+            "arrived_at": existing.arrived_at if existing else now,
+        })
+    if f.replaces:
+        await uow.absence.supersede(_note_key(event.source_org_id, f.replaces))
+    await rechain(uow, f.nhs_number, now)
+    for due in await uow.absence.due(now):
+        if due.nhs_number == f.nhs_number:
+            await fire_milestone(uow, deps, due, now, latest=event)
+    note = await uow.absence.note(key)
+    if note is None or note.episode_id is None:
+        return None
+    return next((e for e in await uow.absence.episodes(f.nhs_number) if e.episode_id == note.episode_id), None)
+
+
+async def rechain(uow: UnitOfWork, nhs_number: str, now: datetime) -> None:
+    rows = await uow.absence.current_not_fit(nhs_number)
+    before = {e.episode_id: e for e in await uow.absence.episodes(nhs_number)}
+    fired = [e.episode_id for e in before.values() if e.milestone_event_id]
+    arrival = {r.note_key: i for i, r in enumerate(sorted(rows, key=lambda r: (r.arrived_at, r.note_key)))}
+    notes = [Note(r.note_key, r.start_on, r.end_on, arrival[r.note_key], r.episode_id) for r in rows]
+    episodes = chain(nhs_number, notes, fired=fired)
+    assignments: dict[str, str | None] = {}
+    for ep in episodes:
+        await uow.absence.put_episode({
+            "episode_id": ep.episode_id, "nhs_number": nhs_number, "start_on": ep.start, "end_on": ep.end,
+            "milestone_due_at": ep.milestone_due_at, "updated_at": now,
+        })
+        assignments.update({k: ep.episode_id for k in ep.note_keys})
+    await uow.absence.set_note_episodes(assignments)
+    kept = {ep.episode_id for ep in episodes}
+    await uow.absence.drop_episodes([e for e in before if e not in kept])
+
+
+async def fire_milestone(uow: UnitOfWork, deps: Deps, episode: Any, now: datetime,
+                         latest: CanonicalEvent | None = None) -> InboundResult | None:
+    """Emit the one absence-milestone event of an episode, in the caller's transaction."""
+    if latest is not None:
+        facts, bundle = latest.facts, latest.bundle
+        f = {"employer_id": facts.employer_id, "employment_status": facts.employment_status,
+             "postcode_area": facts.postcode_area}
+        gp = latest.source_org_id
+    else:
+        row = await uow.events.latest_fit_note(episode.nhs_number)
+        if row is None:
+            return None
+        f, bundle, gp = row.facts, orjson.loads(row.bundle), row.source_org_id
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    event = milestone_event(
+        nhs_number=episode.nhs_number, episode_id=episode.episode_id, episode_start=episode.start_on,
+        day_28=episode.start_on + timedelta(days=27), patient=patient, employer_id=f.get("employer_id"),
+        employment_status=f.get("employment_status"), postcode_area=f.get("postcode_area"),
+        gp_practice_id=gp, now=now,
+    )
+    await uow.absence.mark_fired(episode.episode_id, event.event_id)
+    if await uow.events.content_hash(event.event_id) is not None:
+        return InboundResult("duplicate", event_id=event.event_id)
+    return await persist_event(uow, deps, event, Context(), now=now, via="timer")
 
 
 def _facts_json(event: CanonicalEvent) -> dict:

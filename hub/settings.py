@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     dedupe_window_s: float = Field(86400, description="JetStream duplicate window for deliveries (Nats-Msg-Id)")
     inbound_batch: int = Field(32, ge=1, le=1000, description="inbound messages fetched per pull")
     relay_interval_s: float = Field(1.0, description="how often the outbox relay looks for undelivered rows")
+    milestone_poll_s: float = Field(60.0, description="how often the 28-day milestone timer looks for due episodes")
     audit_key: str | None = Field(None, description="key for the audit's person hashes; shared by all workers")
     log_level: str = "INFO"
 

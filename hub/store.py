@@ -47,6 +47,25 @@ class Events(_Repo):
     async def add(self, row: dict) -> None:
         await self.conn.execute(insert(t.events), [row])
 
+    async def latest_fit_note(self, nhs_number: str) -> Any | None:
+        """The person's most recently received fit-note event."""
+        c = t.events.c
+        q = (select(t.events).where(c.nhs_number == nhs_number, c.kind == "fit-note")
+             .order_by(c.received_at.desc()).limit(1))
+        return (await self.conn.execute(q)).first()
+
+    async def by_document(self, kind: str, document_id: str, source_org_id: str | None = None) -> list[Any]:
+        c = t.events.c
+        q = _matching(select(t.events).where(c.kind == kind, c.document_id == document_id), t.events,
+                      source_org_id=source_org_id)
+        return list((await self.conn.execute(q.order_by(c.received_at))).all())
+
+    async def search(self, *, nhs_number: str | None = None, kind: str | None = None,
+                     limit: int = 500) -> list[Any]:
+        cols = [col for col in t.events.c if col.name != "bundle"]
+        q = _matching(select(*cols), t.events, nhs_number=nhs_number, kind=kind)
+        return list((await self.conn.execute(q.order_by(t.events.c.received_at).limit(limit))).all())
+
 
 class Decisions(_Repo):
     async def add_many(self, rows: Sequence[dict]) -> None:
@@ -124,6 +143,16 @@ class Deliveries(_Repo):
             .values(state="retrying", attempts=attempts, next_attempt_at=next_at, last_error=error)
         )
 
+    async def recipients_of(self, event_ids: Sequence[str]) -> list[str]:
+        """Who was given (or is being given) any of these events."""
+        if not event_ids:
+            return []
+        c = t.deliveries.c
+        q = (select(c.recipient_id).where(c.event_id.in_(list(event_ids)),
+                                          c.state.in_(("pending", "retrying", "delivered")))
+             .distinct())
+        return list((await self.conn.execute(q)).scalars())
+
     async def search(self, *, nhs_number: str | None = None, recipient_id: str | None = None,
                      state: str | None = None, event_id: str | None = None, limit: int = 500) -> list[Any]:
         q = _matching(select(*[col for col in t.deliveries.c if col.name != "payload"]), t.deliveries,
@@ -139,6 +168,78 @@ class Unroutable(_Repo):
     async def search(self, *, event_id: str | None = None, limit: int = 500) -> list[Any]:
         q = _matching(select(t.unroutable), t.unroutable, event_id=event_id)
         return list((await self.conn.execute(q.order_by(t.unroutable.c.recorded_at).limit(limit))).all())
+
+
+class Signposting(_Repo):
+    async def add(self, row: dict) -> None:
+        await self.conn.execute(insert(t.signposting), [row])
+
+    async def search(self, *, nhs_number: str | None = None, limit: int = 500) -> list[Any]:
+        q = _matching(select(t.signposting), t.signposting, nhs_number=nhs_number)
+        return list((await self.conn.execute(q.order_by(t.signposting.c.recorded_at).limit(limit))).all())
+
+
+class Absence(_Repo):
+    """Current fit notes per person and the absence episodes chained from them."""
+
+    async def note(self, note_key: str) -> Any | None:
+        return (await self.conn.execute(select(t.absence_notes).where(t.absence_notes.c.note_key == note_key))).first()
+
+    async def put_note(self, row: dict) -> None:
+        c = t.absence_notes.c
+        if await self.note(row["note_key"]) is None:
+            await self.conn.execute(insert(t.absence_notes), [row])
+        else:
+            await self.conn.execute(update(t.absence_notes).where(c.note_key == row["note_key"]).values(**row))
+
+    async def supersede(self, note_key: str) -> None:
+        c = t.absence_notes.c
+        await self.conn.execute(update(t.absence_notes).where(c.note_key == note_key).values(superseded=True))
+
+    async def current_not_fit(self, nhs_number: str) -> list[Any]:
+        c = t.absence_notes.c
+        q = select(t.absence_notes).where(c.nhs_number == nhs_number, c.not_fit.is_(True), c.superseded.is_(False))
+        return list((await self.conn.execute(q)).all())
+
+    async def set_note_episodes(self, assignments: dict[str, str | None]) -> None:
+        c = t.absence_notes.c
+        for note_key, episode_id in assignments.items():
+            await self.conn.execute(update(t.absence_notes).where(c.note_key == note_key)
+                                    .values(episode_id=episode_id))
+
+    async def episodes(self, nhs_number: str) -> list[Any]:
+        q = select(t.absence_episodes).where(t.absence_episodes.c.nhs_number == nhs_number)
+        return list((await self.conn.execute(q)).all())
+
+    async def put_episode(self, row: dict) -> None:
+        c = t.absence_episodes.c
+        exists = (await self.conn.execute(select(c.episode_id).where(c.episode_id == row["episode_id"]))).first()
+        if exists is None:
+            await self.conn.execute(insert(t.absence_episodes), [row])
+        else:
+            values = {k: v for k, v in row.items() if k != "milestone_event_id"}
+            await self.conn.execute(update(t.absence_episodes).where(c.episode_id == row["episode_id"]).values(**values))
+
+    async def drop_episodes(self, episode_ids: Sequence[str]) -> None:
+        """Episodes no current note belongs to any more (never ones that fired)."""
+        c = t.absence_episodes.c
+        if episode_ids:
+            await self.conn.execute(t.absence_episodes.delete().where(
+                c.episode_id.in_(list(episode_ids)), c.milestone_event_id.is_(None)))
+
+    async def due(self, now: datetime, limit: int = 100) -> list[Any]:
+        c = t.absence_episodes.c
+        q = (select(t.absence_episodes)
+             .where(c.milestone_due_at <= now, c.milestone_event_id.is_(None))
+             .order_by(c.milestone_due_at).limit(limit))
+        if self.conn.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        return list((await self.conn.execute(q)).all())
+
+    async def mark_fired(self, episode_id: str, event_id: str) -> None:
+        c = t.absence_episodes.c
+        await self.conn.execute(update(t.absence_episodes).where(c.episode_id == episode_id)
+                                .values(milestone_event_id=event_id))
 
 
 class DeadLetters(_Repo):
@@ -275,6 +376,8 @@ class UnitOfWork:
         self.deliveries = Deliveries(c)
         self.unroutable = Unroutable(c)
         self.dead_letters = DeadLetters(c)
+        self.signposting = Signposting(c)
+        self.absence = Absence(c)
         self.consents = Consents(c)
         self.credentials = Credentials(c)
         self.audit = Audit(c)

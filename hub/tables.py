@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
+    Date,
     Column,
     DateTime,
     ForeignKey,
@@ -192,3 +194,45 @@ audit = Table(
     Column("detail", JSON),
 )
 
+
+# A referral with nowhere to go (§8): kept for IG, and the referrer is told.
+signposting = Table(
+    "signposting", metadata,
+    Column("id", ID, primary_key=True),
+    Column("event_id", ID, ForeignKey("events.event_id"), nullable=False, unique=True),
+    Column("nhs_number", NHS, nullable=False, index=True),
+    Column("referrer_org_id", ORG),
+    Column("referrer_type", String(32)),
+    Column("postcode_area", String(4)),
+    Column("reason", Text, nullable=False),
+    Column("notice_delivery_id", String(140)),  # the notice sent to the referrer, if it has a channel
+    Column("recorded_at", UTC_TS, nullable=False),
+)
+
+# Absence episodes (issue 3): a person's chain of not-fit notes. Each current
+# not-fit note is one row of absence_notes (a replaced or corrected note is
+# marked superseded); episodes are recomputed from them.
+absence_notes = Table(
+    "absence_notes", metadata,
+    Column("note_key", String(300), primary_key=True),  # "<source org>|<fit note id>"
+    Column("nhs_number", NHS, nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("event_id", ID, nullable=False),
+    Column("start_on", Date, nullable=False),
+    Column("end_on", Date, nullable=False),
+    Column("not_fit", Boolean, nullable=False),
+    Column("superseded", Boolean, nullable=False, default=False),
+    Column("episode_id", ID, index=True),
+    Column("arrived_at", UTC_TS, nullable=False),
+)
+
+absence_episodes = Table(
+    "absence_episodes", metadata,
+    Column("episode_id", ID, primary_key=True),
+    Column("nhs_number", NHS, nullable=False, index=True),
+    Column("start_on", Date, nullable=False),
+    Column("end_on", Date, nullable=False),
+    Column("milestone_due_at", UTC_TS, index=True),  # set while the notes cover day 28
+    Column("milestone_event_id", ID),  # set once, when the milestone fires
+    Column("updated_at", UTC_TS, nullable=False),
+)

@@ -91,9 +91,21 @@ def creds(hub: Hub) -> Creds:
 
 
 async def connect_as(hub: Hub, cred: dict, org_id: str | None = None, **kw):
-    return await nats.connect(hub.settings.broker_url, user=cred["nats_user"], password=cred["nats_password"],
-                              inbox_prefix=inbox_prefix(org_id) if org_id else "_INBOX",
-                              allow_reconnect=False, connect_timeout=2, **kw)
+    """Connect with a credential. A just-issued user is known to the server only
+    once it has applied the reload (asynchronously, within milliseconds), so an
+    authorization violation is retried briefly, as any client would."""
+    import asyncio
+
+    for attempt in range(40):
+        try:
+            return await nats.connect(hub.settings.broker_url, user=cred["nats_user"],
+                                      password=cred["nats_password"],
+                                      inbox_prefix=inbox_prefix(org_id) if org_id else "_INBOX",
+                                      allow_reconnect=False, connect_timeout=2, **kw)
+        except nats.errors.Error as exc:
+            if "authorization" not in str(exc).lower() or attempt == 39:
+                raise
+            await asyncio.sleep(0.05)
 
 
 async def receive(hub: Hub, cred: dict, org_id: str, *, expect: int, timeout: float = 5.0) -> list:
