@@ -245,6 +245,27 @@ async def list_unroutable(request: Request, event_id: str | None = None, who: Pr
     return _json({"unroutable": [_row(r) for r in rows]})
 
 
+@ig.get("/api/v1/signposting")
+async def list_signposting(request: Request, nhs_number: str | None = None, who: Principal = Depends(require(*IG))):
+    """Referrals that had nowhere to go (§8): why, and whether the referrer was told."""
+    nhs = _nhs(nhs_number) if nhs_number else None
+    async with _hub(request).deps.uow() as uow:
+        rows = await uow.signposting.search(nhs_number=nhs)
+    return _json({"signposting": [_row(r) for r in rows]})
+
+
+@ig.get("/api/v1/events")
+async def list_events(request: Request, nhs_number: str, kind: str | None = None,
+                      who: Principal = Depends(require(*IG))):
+    """A person's events, oldest first, with what each replaces: the chain of a
+    fit note and its corrections and replacements (no clinical content)."""
+    async with _hub(request).deps.uow() as uow:
+        rows = await uow.events.search(nhs_number=_nhs(nhs_number), kind=kind)
+    keep = ("event_id", "kind", "event_type", "source_org_id", "document_id", "version", "replaces",
+            "categories", "received_at")
+    return _json({"events": [{k: v for k, v in _row(r).items() if k in keep} for r in rows]})
+
+
 @ig.get("/api/v1/dead-letters")
 async def list_dead_letters(request: Request, status: str | None = None, kind: str | None = None,
                             who: Principal = Depends(require(*IG))):

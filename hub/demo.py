@@ -27,9 +27,11 @@ from hub.nats_auth import inbox_prefix
 from hub.settings import Settings
 from hub.streams import DELIVER_STREAM, INBOUND_STREAM, inbound_subject, recipient_consumer
 from schemas.fhir import bundle_categories
+from schemas.vocab import CATEGORY_SYSTEM, PURPOSE_SYSTEM
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS", "JCP-LEEDS")
+RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS", "JCP-LEEDS", "ATW-GB", "B86001", "WW-WEST-YORKSHIRE")
+PUBLISHERS = ("B86001", "EMP-ACME", "ATW-ONLINE", "OHP-HEALTHWORKS")
 
 
 def random_test_nhs_number(rng: random.Random) -> str:
@@ -128,6 +130,23 @@ async def _wait_for(ig: _Api, nhs: str, event_ids: set[str], timeout: float = 20
         await asyncio.sleep(0.3)
 
 
+def _message(kind: str, nhs: str, today: date, **body) -> dict:
+    """An example message of `kind` for the demo patient, dated today, with `body` fields replaced."""
+    msg = _example(kind)
+    key = {"oh-referral": "referral", "access-to-work": "application", "oh-outcome": "outcome"}[kind]
+    msg["message_id"] = str(uuid.uuid4())
+    msg["sent_at"] = Clock().now().isoformat()
+    inner = msg[key]
+    inner["id"] = f"{inner['id']}-DEMO-{uuid.uuid4().hex[:6]}"
+    person = inner.get("patient") or inner.get("applicant")
+    person["nhs_number"] = nhs
+    for date_field in ("created_on", "submitted_on", "assessed_on"):
+        if date_field in inner:
+            inner[date_field] = today.isoformat()
+    inner.update(body)
+    return msg
+
+
 async def run_demo(settings: Settings, base_url: str) -> int:
     rng = random.Random()
     today = Clock().today_uk()
@@ -136,82 +155,114 @@ async def run_demo(settings: Settings, base_url: str) -> int:
 
     consent_client = await _issue(settings, "consent-client")
     ig_cred = await _issue(settings, "ig-auditor")
-    gp = await _issue(settings, "publisher", "B86001")
+    publishers = {org: await _issue(settings, "publisher", org) for org in PUBLISHERS}
     recipients = {org: await _issue(settings, "recipient", org) for org in RECIPIENTS}
     consents = _Api(base_url, consent_client["http_token"])
     ig = _Api(base_url, ig_cred["http_token"])
+    show = _Show(settings, publishers, recipients, ig, nhs)
 
     # 1. consent: Acme may have identity, fitness advice and adjustments for employment
-    #    support; any OH provider may have what it needs for occupational health.
+    #    support; any OH provider what it needs for occupational health; Access to Work its
+    #    application; the GP the outcome for direct care. Nothing for benefit-claim.
     consent = _example("consent")
     consent["patient"]["identifier"]["value"] = nhs
     consent["dateTime"] = Clock().now().isoformat()
     consent["provision"]["provision"][0]["period"] = {"start": today.isoformat(),
                                                       "end": (today + timedelta(days=365)).isoformat()}
+    consent["provision"]["provision"] += [
+        _permit("access-to-work", "identity", "contact", "atw-application", "adjustments"),
+        _permit("direct-care", "identity", "fitness-advice", "adjustments", "clinical-notes"),
+    ]
     r = await consents.client.post("/fhir/Consent", content=json.dumps(consent),
                                    headers={"Content-Type": "application/fhir+json"})
     r.raise_for_status()
     consent_id = r.json()["id"]
     print(f"1. consent {consent_id} recorded: EMP-ACME employment-support (identity, fitness-advice, "
-          "adjustments); any OH provider occupational-health. Nothing for benefit-claim.\n")
+          "adjustments); any OH provider occupational-health; Access to Work; the GP for direct care. "
+          "Nothing for benefit-claim.\n")
 
-    notes = {
-        "may-be-fit, employed at Acme": _fit_note(nhs, today, assessment="may-be-fit", status="employed",
-                                                  employer="EMP-ACME"),
-        "not-fit, employed at Acme": _fit_note(nhs, today, assessment="not-fit", status="employed",
-                                               employer="EMP-ACME"),
-        "not-fit, unemployed (LS)": _fit_note(nhs, today, assessment="not-fit", status="unemployed", employer=None),
-    }
-    shown = await _publish_and_show(settings, gp, recipients, ig, nhs, notes, "2. fit notes published")
+    shown = await show.round("2. fit notes published by the GP practice B86001", [
+        ("may-be-fit, employed at Acme", "fit-note", "B86001",
+         _fit_note(nhs, today, assessment="may-be-fit", status="employed", employer="EMP-ACME")),
+        ("not-fit, employed at Acme", "fit-note", "B86001",
+         _fit_note(nhs, today, assessment="not-fit", status="employed", employer="EMP-ACME")),
+        ("not-fit, unemployed (LS)", "fit-note", "B86001",
+         _fit_note(nhs, today, assessment="not-fit", status="unemployed", employer=None)),
+    ])
+    backdated = _fit_note(nhs, today, assessment="not-fit", status="employed", employer="EMP-ACME")
+    backdated["fit_note"]["period"] = {"start": (today - timedelta(days=30)).isoformat(),
+                                       "end": (today + timedelta(days=7)).isoformat()}
+    referral = _message("oh-referral", nhs, today, absence_started_on=(today - timedelta(days=30)).isoformat())
+    outcome = _message("oh-outcome", nhs, today, referral_id=referral["referral"]["id"])
+    shown += await show.round("3. a referral, an Access to Work request, an OH outcome, and a long absence", [
+        ("OH referral from Acme", "oh-referral", "EMP-ACME", referral),
+        ("Access to Work request", "access-to-work", "ATW-ONLINE", _message("access-to-work", nhs, today)),
+        ("OH outcome from HealthWorks", "oh-outcome", "OHP-HEALTHWORKS", outcome),
+        ("not-fit for 30 days so far", "fit-note", "B86001", backdated),
+    ], milestones=True)
 
     r = await consents.client.post(f"/fhir/Consent/{consent_id}/$withdraw")
     r.raise_for_status()
-    print(f"3. consent {consent_id} withdrawn (status {r.json()['status']}).\n")
-    after = {"may-be-fit, employed at Acme (after withdrawal)":
-             _fit_note(nhs, today, assessment="may-be-fit", status="employed", employer="EMP-ACME")}
-    shown_after = await _publish_and_show(settings, gp, recipients, ig, nhs, after, "4. published again")
+    print(f"4. consent {consent_id} withdrawn (status {r.json()['status']}).\n")
+    shown_after = await show.round("5. published again", [
+        ("may-be-fit, employed at Acme (after withdrawal)", "fit-note", "B86001",
+         _fit_note(nhs, today, assessment="may-be-fit", status="employed", employer="EMP-ACME")),
+    ])
 
     ok = shown > 0 and shown_after == 0
     print("demo " + ("finished: deliveries before the withdrawal, none after." if ok else "found something unexpected."))
     return 0 if ok else 1
 
 
-async def _publish_and_show(settings: Settings, gp: dict, recipients: dict[str, dict], ig: _Api, nhs: str,
-                            notes: dict[str, dict], title: str) -> int:
-    """Publish `notes` as B86001; print, per candidate recipient, what it received
-    (the categories in the bundle its consumer gave it) or why it got nothing."""
-    directory = load_directory(settings.directory)
-    labels: dict[str, str] = {}  # event id -> label; the id is derived from the note, as the hub does
-    for label, msg in notes.items():
-        event = adapt("fit-note", orjson.dumps(msg), subject_org_id="B86001", directory=directory, now=Clock().now())
-        labels[event.event_id] = label
-    nc = await _connect(settings, gp, "B86001")
-    js = nc.jetstream()
-    for msg in notes.values():
-        await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(msg), stream=INBOUND_STREAM)
-    await nc.close()
+def _permit(purpose: str, *categories: str) -> dict:
+    return {"type": "permit",
+            "purpose": [{"system": PURPOSE_SYSTEM, "code": purpose}],
+            "securityLabel": [{"system": CATEGORY_SYSTEM, "code": c} for c in categories]}
 
-    deliveries = await _wait_for(ig, nhs, set(labels))
-    decisions = [d for d in (await ig.get("/api/v1/decisions", nhs_number=nhs))["decisions"]
-                 if d["event_id"] in labels]
-    received = {org: await _drain(settings, cred, org, set(labels)) for org, cred in recipients.items()}
-    order = list(labels)
-    rows: list[list[str]] = []
-    got = 0
-    for d in sorted(deliveries, key=lambda d: (order.index(d["event_id"]), d["recipient_id"])):
-        bundles = [b for b in received.get(d["recipient_id"], [])
-                   if b["bundle"]["identifier"]["value"] == d["event_id"]]
-        if bundles:
-            got += 1
-            what = "received " + ", ".join(sorted(bundle_categories(bundles[0]["bundle"])))
-        else:
-            what = f"nothing ({d['state']})"
-        rows.append([labels[d["event_id"]], d["recipient_id"], what])
-        for x in decisions:
-            if x["event_id"] == d["event_id"] and x["recipient_id"] == d["recipient_id"] and x["outcome"] == "deny":
-                rows.append(["", "", f"  {x['category']}: {x['reason']}"])
-    print(f"{title}:\n" + _table(rows, ["fit note", "recipient", "what it got / why not"]) + "\n")
-    return got
+
+class _Show:
+    """Publish messages as their publishers; print, per candidate recipient, what it
+    received (the categories of the bundle its consumer gave it) or why not."""
+
+    def __init__(self, settings: Settings, publishers: dict, recipients: dict, ig: _Api, nhs: str) -> None:
+        self.settings, self.publishers, self.recipients, self.ig, self.nhs = settings, publishers, recipients, ig, nhs
+        self.directory = load_directory(settings.directory)
+
+    async def round(self, title: str, messages: list[tuple[str, str, str, dict]], milestones: bool = False) -> int:
+        labels: dict[str, str] = {}  # event id -> label; ids derive from the messages, as the hub derives them
+        for label, kind, org, msg in messages:
+            event = adapt(kind, orjson.dumps(msg), subject_org_id=org, directory=self.directory, now=Clock().now())
+            if not hasattr(event, "event_id"):
+                raise RuntimeError(f"demo message {label!r} is invalid: {event.errors}")
+            labels[event.event_id] = label
+            nc = await _connect(self.settings, self.publishers[org], org)
+            await nc.jetstream().publish(inbound_subject(kind, org), orjson.dumps(msg), stream=INBOUND_STREAM)
+            await nc.close()
+        await _wait_for(self.ig, self.nhs, set(labels))
+        if milestones:  # the hub's own events: the 28-day milestone a backdated note set off
+            for e in (await self.ig.get("/api/v1/events", nhs_number=self.nhs, kind="absence-milestone"))["events"]:
+                labels.setdefault(e["event_id"], "absence milestone (the hub, day 28)")
+        deliveries = await _wait_for(self.ig, self.nhs, set(labels))
+        decisions = [d for d in (await self.ig.get("/api/v1/decisions", nhs_number=self.nhs))["decisions"]
+                     if d["event_id"] in labels]
+        received = {org: await _drain(self.settings, cred, org, set(labels)) for org, cred in self.recipients.items()}
+        order = list(labels)
+        rows: list[list[str]] = []
+        got = 0
+        for d in sorted(deliveries, key=lambda d: (order.index(d["event_id"]), d["recipient_id"])):
+            bundles = [b for b in received.get(d["recipient_id"], [])
+                       if b["bundle"]["identifier"]["value"] == d["event_id"]]
+            if bundles:
+                got += 1
+                what = "received " + ", ".join(sorted(bundle_categories(bundles[0]["bundle"])))
+            else:
+                what = f"nothing ({d['state']})"
+            rows.append([labels[d["event_id"]], d["recipient_id"], what])
+            for x in decisions:
+                if x["event_id"] == d["event_id"] and x["recipient_id"] == d["recipient_id"] and x["outcome"] == "deny":
+                    rows.append(["", "", f"  {x['category']}: {x['reason']}"])
+        print(f"{title}:\n" + _table(rows, ["message", "recipient", "what it got / why not"]) + "\n")
+        return got
 
 
 __all__ = ["run_demo", "random_test_nhs_number"]

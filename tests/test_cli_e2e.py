@@ -105,6 +105,11 @@ def test_demo_runs_against_a_running_hub_and_the_hub_stops_cleanly(hub_process, 
     assert "received fitness-advice, identity" in out  # the employer's cut-down copy
     assert "received contact, diagnosis, fitness-advice, identity" in out  # the OH provider's
     assert "Denied: the issuing clinician did not allow the diagnosis to be shared with the employer" in out
+    assert "OH referral from Acme                OHP-HEALTHWORKS  received contact, identity, referral" in out
+    assert "Access to Work request               ATW-GB           received atw-application, contact, identity" in out
+    assert "B86001           received adjustments, clinical-notes, fitness-advice, identity" in out
+    assert "clinical-notes: Denied: clinical notes never reach an employer" in out
+    assert "absence milestone (the hub, day 28)  OHP-HEALTHWORKS  received contact, identity, referral" in out
     assert "withdrawn on" in out
     assert "demo finished: deliveries before the withdrawal, none after." in out
 

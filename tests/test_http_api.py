@@ -191,3 +191,23 @@ async def test_dead_letter_resubmitted_unchanged_fails_again_and_reopens(hub, ht
     async with hub.deps.uow() as uow:
         assert len(await uow.dead_letters.search()) == 1
         assert await uow.deliveries.search(nhs_number=NHS) == []
+
+
+async def test_ig_sees_the_chain_of_a_fit_note_and_its_replacement(hub, http, creds):
+    gp = await creds.issue("publisher", "B86001")
+    ig = await creds.issue("ig-auditor")
+    first = fit_note()
+    second = fit_note(**{"fit_note.replaces": first["fit_note"]["id"]})
+    corrected = {**first, "message_id": "v2", "fit_note": {**first["fit_note"], "version": 2}}
+    for msg in (first, second, corrected):
+        assert (await http.post("/api/v1/inbound/fit-note", headers=bearer(gp), content=orjson.dumps(msg))
+                ).status_code == 202
+    await settled(hub, 3)
+    r = await http.get("/api/v1/events", headers=bearer(ig), params={"nhs_number": NHS})
+    chain = [(e["event_type"], e["document_id"], e["version"], e["replaces"]) for e in r.json()["events"]]
+    assert sorted(chain, key=str) == sorted([
+        ("fit-note-issued", first["fit_note"]["id"], 1, None),
+        ("fit-note-superseded", second["fit_note"]["id"], 1, first["fit_note"]["id"]),
+        ("fit-note-superseded", first["fit_note"]["id"], 2, None),
+    ], key=str)
+    assert "bundle" not in r.text and "Lumbar" not in r.text

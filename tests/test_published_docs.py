@@ -1,0 +1,27 @@
+"""The AsyncAPI (broker side) and OpenAPI (HTTP side) documents: served by the
+running hub, and the checked-in copies under schemas/ in step with the code."""
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from hub.docs import DOCS_DIR, canonical
+
+
+def test_checked_in_documents_match_the_code():
+    for name, text in canonical().items():
+        assert (DOCS_DIR / name).read_text() == text, f"run `python -m hub.docs` and commit schemas/{name}"
+
+
+async def test_the_running_hub_serves_both(hub):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.api), base_url="http://hub") as http:
+        asyncapi = (await http.get("/asyncapi.json")).json()
+        assert set(asyncapi["channels"]) == {"hub.inbound.{kind}.{org_id}", "hub.deliver.{org_id}", "hub.dlq.{kind}"}
+        assert asyncapi["servers"]["development"]["host"] == f"127.0.0.1:{hub.settings.nats_port}"
+        page = await http.get("/asyncapi")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        openapi = (await http.get("/openapi.json")).json()
+        assert openapi == json.loads((DOCS_DIR / "openapi.json").read_text())
+        assert "/api/v1/inbound/{kind}" in openapi["paths"] and "/fhir/Consent" in openapi["paths"]
+        assert (await http.get("/docs")).status_code == 200
