@@ -151,8 +151,8 @@ class Hub:
         await ensure_streams(self.js, self.settings)
         await ensure_recipient_consumers(self.js, self.directory)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
-        self.relay = OutboxRelay(self.deps.uow, self.js, WebhookChannel(self._http, self.directory), self.clock,
-                                 self.audit, interval=self.settings.relay_interval_s)
+        self.relay = OutboxRelay(self.deps, self.js, WebhookChannel(self._http, self.directory),
+                                 interval=self.settings.relay_interval_s)
         self.milestones = MilestoneTimer(self.deps, interval=self.settings.milestone_poll_s, on_fired=self.relay.kick)
         await self.broker.start()
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))

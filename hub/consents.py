@@ -32,6 +32,7 @@ def _row(record, resource: dict, now: datetime, created_at: datetime, withdrawn_
 async def create(uow: UnitOfWork, audit: AuditLog, data: dict[str, Any], *, now: datetime, actor: str) -> dict:
     consent_id = new_consent_id()
     record = parse_consent(data, consent_id=consent_id, version=1)
+    await uow.lock_persons([record.nhs_number], exclusive=True)
     resource = consent_to_fhir(record, data, last_updated=now)
     await uow.consents.add(_row(record, resource, now, now, None), recorded_by=actor)
     await uow.audit.append_many([audit.row("consent.created", actor=actor, at=now, ref=f"{consent_id}/1",
@@ -57,6 +58,7 @@ async def update(uow: UnitOfWork, audit: AuditLog, consent_id: str, data: dict[s
     current = await uow.consents.get(consent_id, for_update=True)
     if current is None:
         raise ConsentNotFound(consent_id)
+    await uow.lock_persons([current.nhs_number], exclusive=True)
     if data.get("id") not in (None, consent_id):
         raise ConsentInvalid([FieldError("/id", "does not match the consent in the URL")])
     record = parse_consent(data, consent_id=consent_id, version=current.version + 1)

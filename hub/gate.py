@@ -14,13 +14,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from consent.engine import decide
-from consent.model import ConsentRecord, Decision
+from consent.model import ConsentBasis, ConsentRecord, Decision
+from schemas.ukdate import format_day
 from hub.routing import Candidate
 from schemas.events import CanonicalEvent
 from schemas.vocab import CORE_CATEGORY, RECIPIENT_MAXIMUM, RECIPIENT_PURPOSE, Category, RecipientType
+
+if TYPE_CHECKING:
+    from hub.ig import Override
 
 _DECISION_NS = uuid.UUID("5f1f2d0e-6c1a-4b8e-9a43-0c2b7d9f1e11")
 
@@ -63,11 +67,27 @@ def _policy_limit(event: CanonicalEvent, rtype: RecipientType, category: str) ->
     return None
 
 
+def _break_glass(decision: Decision, overrides: Sequence["Override"], org_id: str, purpose: str,
+                 now: datetime) -> Decision:
+    """§7 rule 6: an active break-glass for this recipient and purpose turns a
+    consent refusal into a permit, saying so (the recipient maxima still hold)."""
+    for o in overrides:
+        if o.recipient_id == org_id and o.purpose == purpose and now < o.expires_at:
+            return Decision(
+                outcome="permit", rule="break-glass",
+                reason=(f"Permitted by break-glass {o.break_glass_id} until {format_day(o.expires_at)}, "
+                        f"overriding: {decision.reason}"),
+                basis=(ConsentBasis(o.break_glass_id, 0, "break-glass", "permit"), *decision.basis),
+            )
+    return decision
+
+
 def gate(
     event: CanonicalEvent,
     candidate: Candidate,
     consents: Sequence[ConsentRecord],
     now: datetime,
+    overrides: Sequence["Override"] = (),
 ) -> GateResult:
     rtype = candidate.recipient_type
     purpose = RECIPIENT_PURPOSE[rtype].value
@@ -75,9 +95,12 @@ def gate(
     results: list[CategoryDecision] = []
     permitted: set[str] = set()
     for category in sorted(event.categories):
-        decision = _policy_limit(event, rtype, category) or decide(
-            consents, purpose=purpose, category=category, org_id=org.id, org_name=org.name, now=now
-        )
+        decision = _policy_limit(event, rtype, category)
+        if decision is None:
+            decision = decide(consents, purpose=purpose, category=category, org_id=org.id, org_name=org.name,
+                              now=now)
+            if decision.outcome == "deny" and overrides:
+                decision = _break_glass(decision, overrides, org.id, purpose, now)
         decision_id = str(uuid.uuid5(_DECISION_NS, f"{event.event_id}|{org.id}|{category}"))
         results.append(CategoryDecision(decision_id, category, decision))
         if decision.outcome == "permit":

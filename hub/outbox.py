@@ -19,10 +19,8 @@ from datetime import timedelta
 import orjson
 from nats.js import JetStreamContext
 
-from hub.audit import AuditLog
-from hub.clock import Clock
 from hub.delivery import BrokerChannel, DeliveryFailed, WebhookChannel
-from hub.store import UnitOfWorkFactory
+from hub.pipeline import Deps, recheck
 from hub.streams import DLQ_STREAM, dlq_subject
 
 log = logging.getLogger(__name__)
@@ -38,14 +36,15 @@ def backoff(attempts: int, retry_after: float | None = None) -> float:
 
 
 class OutboxRelay:
-    def __init__(self, uow: UnitOfWorkFactory, js: JetStreamContext, webhook: WebhookChannel,
-                 clock: Clock, audit: AuditLog, *, interval: float = 1.0, batch: int = 500) -> None:
-        self.uow = uow
+    def __init__(self, deps: Deps, js: JetStreamContext, webhook: WebhookChannel, *, interval: float = 1.0,
+                 batch: int = 500) -> None:
+        self.deps = deps
+        self.uow = deps.uow
         self.js = js
         self.broker = BrokerChannel(js)
         self.webhook = webhook
-        self.clock = clock
-        self.audit = audit
+        self.clock = deps.clock
+        self.audit = deps.audit
         self.interval = interval
         self.batch = batch
         self._wake = asyncio.Event()
@@ -96,19 +95,24 @@ class OutboxRelay:
         return len(broker_rows) >= self.batch
 
     async def _send_broker(self, rows) -> None:
-        results = await asyncio.gather(
-            *(self.broker.send(r.delivery_id, r.address, r.payload) for r in rows), return_exceptions=True
-        )
-        done = [r for r, res in zip(rows, results) if res is None]
+        """Consent is decided again, the deliveries still allowed are published,
+        and all are marked, in one transaction: a withdrawal that committed
+        before it is seen; one that commits after it waits for it."""
         now = self.clock.now()
         async with self.uow() as uow:
+            verdicts = await recheck(uow, self.deps, rows, now)
+            sending = [(r, v) for r, v in zip(rows, verdicts) if v.send]
+            results = await asyncio.gather(
+                *(self.broker.send(r.delivery_id, r.address, v.payload) for r, v in sending),
+                return_exceptions=True)
+            done = [r for (r, _v), res in zip(sending, results) if res is None]
             await uow.deliveries.mark_delivered([r.delivery_id for r in done], now)
             await uow.audit.append_many([
                 self.audit.row("delivery.delivered", actor="hub", at=now, ref=r.delivery_id,
                                event_id=r.event_id, detail={"recipient": r.recipient_id, "channel": "broker"})
                 for r in done
             ])
-            for r, res in zip(rows, results):
+            for (r, _v), res in zip(sending, results):
                 if isinstance(res, DeliveryFailed):
                     await uow.deliveries.mark_retry(r.delivery_id, attempts=r.attempts + 1,
                                                     next_at=now + timedelta(seconds=backoff(r.attempts)),
@@ -128,8 +132,13 @@ class OutboxRelay:
             if not rows:
                 return
             for r in rows:
+                async with self.uow() as uow:
+                    (verdict,) = await recheck(uow, self.deps, [r], self.clock.now())
+                    await uow.commit()
+                if not verdict.send:
+                    continue
                 try:
-                    await self.webhook.send(r.delivery_id, r.recipient_id, r.address, r.payload)
+                    await self.webhook.send(r.delivery_id, r.recipient_id, r.address, verdict.payload)
                 except DeliveryFailed as exc:
                     now = self.clock.now()
                     async with self.uow() as uow:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -24,14 +25,15 @@ from hub.audit import AuditLog
 from hub.clock import Clock
 from hub.directory import Directory
 from hub.gate import GateResult, gate
+from hub.ig import overrides_for
 from hub.projection import project
 from hub.absence import Note, chain
-from hub.routing import Context, route
+from hub.routing import Candidate, Context, route
 from hub.signposting import notice_bundle
 from hub.store import UnitOfWork, UnitOfWorkFactory
 from hub.streams import deliver_subject
-from schemas.events import CanonicalEvent, FieldError, Rejected
-from schemas.vocab import SOURCE_KINDS
+from schemas.events import CanonicalEvent, Facts, FieldError, Rejected
+from schemas.vocab import SOURCE_KINDS, EventType
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +159,9 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
     candidate and category, a delivery (outbox) row per candidate, unroutable and
     signposting records and their audit rows, all in the caller's transaction."""
     consents = records_from_rows(await uow.consents.for_person(event.facts.nhs_number))
+    overrides = await overrides_for(uow, event.facts.nhs_number, now)
     plan = route(event, deps.directory, ctx)
-    gated = [gate(event, cand, consents, now) for cand in plan.candidates]
+    gated = [gate(event, cand, consents, now, overrides) for cand in plan.candidates]
     person = deps.audit.person(event.facts.nhs_number)
 
     await uow.events.add({
@@ -216,6 +219,11 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
         audit_rows.append(deps.audit.row(
             "routing.signposted", actor="hub", at=now, ref=event.event_id, event_id=event.event_id,
             person=person, detail={"notified": notice["recipient_id"] if notice else None}))
+    for bg_id in sorted({b["consent_id"] for d in decision_rows if d["rule"] == "break-glass" for b in d["basis"]
+                         if b["provision"] == "break-glass"}):
+        await uow.break_glass.used(bg_id)
+        audit_rows.append(deps.audit.row("break-glass.used", actor="hub", at=now, ref=bg_id,
+                                         event_id=event.event_id, person=person))
     await uow.decisions.add_many(decision_rows)
     await uow.deliveries.add_many(delivery_rows)
     await uow.unroutable.add_many(unroutable_rows)
@@ -390,3 +398,89 @@ def _delivery_row(event: CanonicalEvent, g: GateResult, now: datetime) -> dict:
         "attempts": 0,
         "created_at": now,
     }
+
+
+# --- consent again, at the moment of delivery --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the relay may do with one due delivery now."""
+
+    delivery_id: str
+    send: bool
+    payload: bytes | None = None  # the (possibly narrowed) copy to send
+    reason: str | None = None
+
+
+async def recheck(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime) -> list[Verdict]:
+    """Decide consent again for deliveries about to be made, in the caller's
+    transaction (which also marks them): a withdrawal, a new deny, an expiry or
+    an expired break-glass committed before this point stops or narrows every
+    delivery that relied on it, whether it was queued, retrying or replayed.
+
+    Unchanged: sent as committed. Narrowed but still allowed identity and the
+    core category: re-cut from the event. Otherwise withheld, with new decision
+    rows saying why."""
+    persons = sorted({r.nhs_number for r in rows if r.purpose != "signposting"})
+    await uow.lock_persons(persons, exclusive=False)
+    consents = {n: records_from_rows(rs) for n, rs in (await uow.consents.for_persons(persons)).items()}
+    from hub.ig import Override
+
+    overrides = {n: [Override(b.break_glass_id, b.recipient_id, b.purpose, b.expires_at, b.justification)
+                     for b in bs] for n, bs in (await uow.break_glass.active_for(persons, now)).items()}
+    heads = await uow.events.heads([r.event_id for r in rows])
+    verdicts = []
+    for r in rows:
+        if r.purpose == "signposting":  # a notice to the referrer: no personal data, no consent involved
+            verdicts.append(Verdict(r.delivery_id, True, r.payload))
+            continue
+        head = heads[r.event_id]
+        org = deps.directory.get(r.recipient_id)
+        if org is None:
+            verdicts.append(Verdict(r.delivery_id, False, reason="Withheld at delivery: recipient left the directory"))
+            await uow.deliveries.mark_withheld(r.delivery_id, reason=verdicts[-1].reason, decision_ids=[])
+            continue
+        event = CanonicalEvent(
+            event_id=head.event_id, event_type=EventType(head.event_type), kind=head.kind,
+            source_org_id=head.source_org_id, message_id=head.message_id, sent_at=head.received_at,
+            facts=Facts(nhs_number=head.nhs_number,
+                        share_diagnosis_with_employer=bool(head.facts.get("share_diagnosis_with_employer"))),
+            bundle={}, categories=frozenset(head.categories), content_hash=head.content_hash,
+        )
+        g = gate(event, Candidate(org, "recheck"), consents.get(r.nhs_number, []), now,
+                 overrides.get(r.nhs_number, []))
+        if g.deliver and set(r.categories) <= g.permitted:
+            verdicts.append(Verdict(r.delivery_id, True, r.payload))
+            continue
+        stamp = now.isoformat()
+        changed = [{**d, "decision_id": str(uuid.uuid5(_RECHECK_NS, f"{d['decision_id']}|{stamp}"))}
+                   for d in _decision_rows(event, g, now)]
+        await uow.decisions.add_many(changed)
+        if g.deliver:  # narrowed: cut again from the event with what is still permitted
+            bundle, given = project(orjson.loads(await uow.events.bundle(r.event_id)), recipient=org,
+                                    permitted=g.permitted, delivery_endpoint=r.address, now=now)
+            payload = orjson.dumps(bundle)
+            ids = [d["decision_id"] for d in changed if d["outcome"] == "permit"]
+            await uow.deliveries.narrow(r.delivery_id, payload=payload, categories=sorted(given), decision_ids=ids)
+            verdicts.append(Verdict(r.delivery_id, True, payload))
+            continue
+        reason = "Withheld at delivery: " + "; ".join(
+            d["reason"] for d in changed if d["outcome"] == "deny" and d["category"] in ("identity", _core(event)))
+        ids = [d["decision_id"] for d in changed if d["outcome"] == "deny"]
+        await uow.deliveries.mark_withheld(r.delivery_id, reason=reason, decision_ids=ids)
+        await uow.audit.append_many([deps.audit.row(
+            "delivery.withheld", actor="hub", at=now, ref=r.delivery_id, event_id=r.event_id,
+            person=deps.audit.person(r.nhs_number), detail={"recipient": r.recipient_id, "decisions": ids,
+                                                           "at_delivery": True})])
+        verdicts.append(Verdict(r.delivery_id, False, reason=reason))
+    return verdicts
+
+
+_RECHECK_NS = uuid.UUID("8c3f0a7e-52d4-4f2b-b6a9-1e0d3c4b5a61")
+
+
+def _core(event: CanonicalEvent) -> str:
+    from schemas.vocab import CORE_CATEGORY
+
+    return CORE_CATEGORY[event.event_type].value

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hub import tables as t
+from hub.audit_chain import chain_hash
 
 
 class _Repo:
@@ -53,6 +54,18 @@ class Events(_Repo):
         q = (select(t.events).where(c.nhs_number == nhs_number, c.kind == "fit-note")
              .order_by(c.received_at.desc()).limit(1))
         return (await self.conn.execute(q)).first()
+
+    async def heads(self, event_ids: Sequence[str]) -> dict[str, Any]:
+        """Event rows without their bundles."""
+        if not event_ids:
+            return {}
+        cols = [col for col in t.events.c if col.name != "bundle"]
+        q = select(*cols).where(t.events.c.event_id.in_(list(set(event_ids))))
+        return {r.event_id: r for r in (await self.conn.execute(q)).all()}
+
+    async def bundle(self, event_id: str) -> bytes:
+        q = select(t.events.c.bundle).where(t.events.c.event_id == event_id)
+        return (await self.conn.execute(q)).scalar_one()
 
     async def by_document(self, kind: str, document_id: str, source_org_id: str | None = None) -> list[Any]:
         c = t.events.c
@@ -110,7 +123,7 @@ class Deliveries(_Repo):
         c = t.deliveries.c
         q = (
             select(c.seq, c.delivery_id, c.event_id, c.recipient_id, c.channel, c.address,
-                   c.payload, c.attempts, c.state)
+                   c.payload, c.attempts, c.state, c.nhs_number, c.purpose, c.categories, c.decision_ids)
             .where(self._due(now), c.channel == channel)
             .order_by(c.seq)
             .limit(limit)
@@ -134,6 +147,17 @@ class Deliveries(_Repo):
                 .values(state="delivered", delivered_at=at, payload=None, last_error=None,
                         attempts=c.attempts + 1)
             )
+
+    async def mark_withheld(self, delivery_id: str, *, reason: str, decision_ids: Sequence[str]) -> None:
+        c = t.deliveries.c
+        await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(
+            state="withheld", reason=reason, payload=None, decision_ids=list(decision_ids), categories=[]))
+
+    async def narrow(self, delivery_id: str, *, payload: bytes, categories: Sequence[str],
+                     decision_ids: Sequence[str]) -> None:
+        c = t.deliveries.c
+        await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(
+            payload=payload, categories=list(categories), decision_ids=list(decision_ids)))
 
     async def mark_retry(self, delivery_id: str, *, attempts: int, next_at: datetime, error: str) -> None:
         c = t.deliveries.c
@@ -242,6 +266,46 @@ class Absence(_Repo):
                                 .values(milestone_event_id=event_id))
 
 
+class BreakGlass(_Repo):
+    async def add(self, row: dict) -> None:
+        await self.conn.execute(insert(t.break_glass), [row])
+
+    async def get(self, break_glass_id: str) -> Any | None:
+        q = select(t.break_glass).where(t.break_glass.c.break_glass_id == break_glass_id)
+        return (await self.conn.execute(q)).first()
+
+    async def active(self, nhs_number: str, now: datetime) -> list[Any]:
+        return (await self.active_for([nhs_number], now))[nhs_number]
+
+    async def active_for(self, nhs_numbers: Sequence[str], now: datetime) -> dict[str, list[Any]]:
+        c = t.break_glass.c
+        out: dict[str, list[Any]] = {n: [] for n in nhs_numbers}
+        if nhs_numbers:
+            q = select(t.break_glass).where(c.nhs_number.in_(list(set(nhs_numbers))), c.created_at <= now,
+                                            c.expires_at > now)
+            for r in (await self.conn.execute(q)).all():
+                out[r.nhs_number].append(r)
+        return out
+
+    async def used(self, break_glass_id: str) -> None:
+        c = t.break_glass.c
+        await self.conn.execute(update(t.break_glass).where(c.break_glass_id == break_glass_id)
+                                .values(uses=c.uses + 1))
+
+    async def review(self, break_glass_id: str, *, by: str, at: datetime, note: str) -> None:
+        c = t.break_glass.c
+        await self.conn.execute(update(t.break_glass).where(c.break_glass_id == break_glass_id)
+                                .values(reviewed_by=by, reviewed_at=at, review_note=note))
+
+    async def search(self, *, reviewed: bool | None = None, nhs_number: str | None = None,
+                     limit: int = 500) -> list[Any]:
+        c = t.break_glass.c
+        q = _matching(select(t.break_glass), t.break_glass, nhs_number=nhs_number)
+        if reviewed is not None:
+            q = q.where(c.reviewed_at.is_not(None) if reviewed else c.reviewed_at.is_(None))
+        return list((await self.conn.execute(q.order_by(c.created_at).limit(limit))).all())
+
+
 class DeadLetters(_Repo):
     async def add_if_absent(self, row: dict) -> bool:
         """Record a dead letter; False if this exact message was already dead-lettered
@@ -314,6 +378,15 @@ class Consents(_Repo):
         q = select(t.consents).where(t.consents.c.nhs_number == nhs_number).order_by(t.consents.c.created_at)
         return list((await self.conn.execute(q)).all())
 
+    async def for_persons(self, nhs_numbers: Sequence[str]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {n: [] for n in nhs_numbers}
+        if nhs_numbers:
+            q = (select(t.consents).where(t.consents.c.nhs_number.in_(list(set(nhs_numbers))))
+                 .order_by(t.consents.c.created_at))
+            for r in (await self.conn.execute(q)).all():
+                out[r.nhs_number].append(r)
+        return out
+
 
 class Credentials(_Repo):
     async def add(self, row: dict) -> None:
@@ -345,17 +418,52 @@ class Credentials(_Repo):
 
 
 class Audit(_Repo):
+    """The append-only, hash-chained audit trail (see hub.audit_chain)."""
+
     async def append_many(self, rows: Sequence[dict]) -> None:
-        if rows:
-            await self.conn.execute(insert(t.audit), list(rows))
+        """Chain and insert rows. The head row is locked for the rest of the
+        transaction (SQLite's write lock already serialises writers), so
+        concurrent writers take turns and the chain never forks."""
+        if not rows:
+            return
+        head_q = select(t.audit_head).where(t.audit_head.c.id == 1)
+        if self.conn.dialect.name != "sqlite":
+            head_q = head_q.with_for_update()
+        head = (await self.conn.execute(head_q)).one()
+        seq, prev = head.seq, head.hash
+        chained = []
+        for row in rows:
+            seq += 1
+            full = {"seq": seq, **row}
+            digest = chain_hash(prev, full)
+            chained.append({**full, "prev_hash": prev, "hash": digest})
+            prev = digest
+        await self.conn.execute(insert(t.audit), chained)
+        await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=seq, hash=prev))
+
+    async def head(self) -> Any:
+        return (await self.conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1))).one()
 
     async def count(self, **where: Any) -> int:
         q = _matching(select(func.count()).select_from(t.audit), t.audit, **where)
         return (await self.conn.execute(q)).scalar_one()
 
+    async def after(self, seq: int, limit: int = 1000) -> list[Any]:
+        q = select(t.audit).where(t.audit.c.seq > seq).order_by(t.audit.c.seq).limit(limit)
+        return list((await self.conn.execute(q)).all())
+
     async def search(self, *, person: str | None = None, action: str | None = None,
-                     event_id: str | None = None, limit: int = 1000) -> list[Any]:
-        q = _matching(select(t.audit), t.audit, person=person, action=action, event_id=event_id)
+                     event_id: str | None = None, actor: str | None = None, ref: str | None = None,
+                     since: datetime | None = None, until: datetime | None = None,
+                     actions: Sequence[str] | None = None, limit: int = 1000) -> list[Any]:
+        q = _matching(select(t.audit), t.audit, person=person, action=action, event_id=event_id, actor=actor,
+                      ref=ref)
+        if actions:
+            q = q.where(t.audit.c.action.in_(list(actions)))
+        if since:
+            q = q.where(t.audit.c.at >= since)
+        if until:
+            q = q.where(t.audit.c.at < until)
         return list((await self.conn.execute(q.order_by(t.audit.c.seq).limit(limit))).all())
 
 
@@ -378,10 +486,22 @@ class UnitOfWork:
         self.dead_letters = DeadLetters(c)
         self.signposting = Signposting(c)
         self.absence = Absence(c)
+        self.break_glass = BreakGlass(c)
         self.consents = Consents(c)
         self.credentials = Credentials(c)
         self.audit = Audit(c)
         return self
+
+    async def lock_persons(self, nhs_numbers: Sequence[str], *, exclusive: bool) -> None:
+        """Serialise consent changes against deliveries for the same people.
+        SQLite: every write transaction already holds the database's write lock
+        (BEGIN IMMEDIATE). PostgreSQL: transaction-scoped advisory locks, shared
+        for deliveries, exclusive for consent changes."""
+        if self.conn.dialect.name != "postgresql":
+            return
+        fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        for n in sorted(set(nhs_numbers)):
+            await self.conn.execute(select(getattr(func, fn)(func.hashtext(n))))
 
     async def commit(self) -> None:
         await self.conn.commit()

@@ -181,10 +181,12 @@ credentials = Table(
 )
 
 # Append-only record of what the hub did. Rows name ids and hashes, never
-# personal data: `person` is a keyed hash of the NHS number.
+# personal data: `person` is a keyed hash of the NHS number. Rows are
+# hash-chained: `hash` = SHA-256(prev_hash || the row's canonical content), and
+# `prev_hash` is the hash of the row before; audit_head holds the last one.
 audit = Table(
     "audit", metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
     Column("at", UTC_TS, nullable=False),
     Column("action", String(40), nullable=False),
     Column("actor", String(100), nullable=False),
@@ -192,6 +194,34 @@ audit = Table(
     Column("event_id", ID),
     Column("person", String(64), index=True),
     Column("detail", JSON),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+audit_head = Table(
+    "audit_head", metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+# Break-glass (§7 rule 6): an IG officer's time-limited override for one
+# person, recipient and purpose, with a written justification; every use is
+# audited and the record waits in a review queue until an IG user reviews it.
+break_glass = Table(
+    "break_glass", metadata,
+    Column("break_glass_id", ID, primary_key=True),
+    Column("nhs_number", NHS, nullable=False, index=True),
+    Column("recipient_id", ORG, nullable=False),
+    Column("purpose", String(40), nullable=False),
+    Column("justification", Text, nullable=False),
+    Column("created_by", String(100), nullable=False),
+    Column("created_at", UTC_TS, nullable=False),
+    Column("expires_at", UTC_TS, nullable=False),
+    Column("uses", Integer, nullable=False, default=0),
+    Column("reviewed_by", String(100)),
+    Column("reviewed_at", UTC_TS),
+    Column("review_note", Text),
 )
 
 
