@@ -5,7 +5,7 @@ the roles it admits. Errors name fields (JSON pointers), never values.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from consent.fhir import ConsentInvalid
 from hub import consents as consent_service
 from hub import credentials
+from hub import ig as ig_service
+from hub.fhir_audit import audit_event
 from hub.credentials import Principal
 from hub.pipeline import check, record_rejection
 from hub.streams import INBOUND_STREAM, inbound_subject
@@ -225,6 +227,21 @@ async def list_decisions(request: Request, nhs_number: str | None = None, recipi
     return _json({"decisions": [_row(r) for r in rows]})
 
 
+@ig.get("/api/v1/decisions/{decision_id}")
+async def explain_decision(decision_id: str, request: Request, who: Principal = Depends(require(*IG))):
+    """One decision, explained: the request, the outcome, the rule, the reason,
+    and the consent versions (as they were then) that decided it."""
+    async with _hub(request).deps.uow() as uow:
+        (row,) = await uow.decisions.search(decision_id=decision_id, limit=1) or (None,)
+        if row is None:
+            raise HTTPException(404, "no such decision")
+        consents = []
+        for b in row.basis:
+            version = await uow.consents.version(b["consent_id"], b["version"]) if b["version"] else None
+            consents.append({**b, "resource": version.resource if version else None})
+    return _json({**_row(row), "consents": consents})
+
+
 @ig.get("/api/v1/deliveries")
 async def list_deliveries(request: Request, nhs_number: str | None = None, recipient: str | None = None,
                           state: str | None = None, event_id: str | None = None,
@@ -264,6 +281,126 @@ async def list_events(request: Request, nhs_number: str, kind: str | None = None
     keep = ("event_id", "kind", "event_type", "source_org_id", "document_id", "version", "replaces",
             "categories", "received_at")
     return _json({"events": [{k: v for k, v in _row(r).items() if k in keep} for r in rows]})
+
+
+@ig.get("/api/v1/disclosures")
+async def list_disclosures(request: Request, nhs_number: str, format: str = Query("json", pattern="^(json|csv)$"),
+                           who: Principal = Depends(require(*IG))):
+    """Every delivery made about a person: recipient, time, event type,
+    categories given, and the decisions and consents that allowed it."""
+    nhs = _nhs(nhs_number)
+    hub = _hub(request)
+    async with hub.deps.uow() as uow:
+        rows = await ig_service.disclosures(uow, hub.directory, nhs)
+    if format == "csv":
+        return Response(ig_service.disclosures_csv(rows), media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="disclosures-{nhs}.csv"'})
+    return _json({"nhs_number": nhs, "disclosures": rows})
+
+
+@ig.get("/api/v1/disclosures.csv")
+async def disclosures_csv(request: Request, nhs_number: str, who: Principal = Depends(require(*IG))):
+    """The disclosures as CSV, fit to send in answer to a subject access request."""
+    return await list_disclosures(request, nhs_number, "csv", who)
+
+
+@ig.post("/api/v1/break-glass", status_code=201)
+async def create_break_glass(request: Request, who: Principal = Depends(require(*IG))):
+    """Body: {nhs_number, recipient_id, purpose, justification, expires_at} (at most 72 hours)."""
+    hub = _hub(request)
+    body = await _json_body(request)
+    try:
+        expires = datetime.fromisoformat(str(body.get("expires_at", "")))
+        if expires.tzinfo is None:
+            raise ValueError
+    except ValueError:
+        return _errors(422, [{"pointer": "/expires_at", "message": "must be an RFC 3339 timestamp with a zone"}])
+    try:
+        nhs = identifiers.nhs_number(str(body.get("nhs_number", "")))
+    except ValueError as exc:
+        return _errors(422, [{"pointer": "/nhs_number", "message": str(exc)}])
+    async with hub.deps.uow() as uow:
+        try:
+            row = await ig_service.record_break_glass(
+                uow, hub.audit, hub.directory, nhs_number=nhs, recipient_id=str(body.get("recipient_id", "")),
+                purpose=str(body.get("purpose", "")), justification=str(body.get("justification", "")),
+                expires_at=expires, actor=who.credential_id, now=hub.deps.clock.now())
+        except ig_service.IGError as exc:
+            return _errors(422, [{"pointer": "", "message": str(exc)}])
+        await uow.commit()
+    return _json({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}, 201)
+
+
+@ig.get("/api/v1/break-glass")
+async def list_break_glass(request: Request, reviewed: bool | None = None, nhs_number: str | None = None,
+                           who: Principal = Depends(require(*IG))):
+    """The review queue: `?reviewed=false` lists what still awaits review."""
+    nhs = _nhs(nhs_number) if nhs_number else None
+    async with _hub(request).deps.uow() as uow:
+        rows = await uow.break_glass.search(reviewed=reviewed, nhs_number=nhs)
+    return _json({"break_glass": [_row(r) for r in rows]})
+
+
+@ig.post("/api/v1/break-glass/{break_glass_id}/review")
+async def review_break_glass(break_glass_id: str, request: Request, who: Principal = Depends(require(*IG))):
+    """Body: {note}. Marks the break-glass reviewed."""
+    hub = _hub(request)
+    body = await _json_body(request)
+    async with hub.deps.uow() as uow:
+        try:
+            row = await ig_service.review_break_glass(uow, hub.audit, break_glass_id, note=str(body.get("note", "")),
+                                                      actor=who.credential_id, now=hub.deps.clock.now())
+        except LookupError:
+            raise HTTPException(404, "no such break-glass") from None
+        except ig_service.IGError as exc:
+            return _errors(409 if "already" in str(exc) else 422, [{"pointer": "/note", "message": str(exc)}])
+        await uow.commit()
+    return _json(_row(row))
+
+
+@ig.get("/fhir/AuditEvent")
+async def search_audit_events(request: Request, who: Principal = Depends(require(*IG))):
+    """The audit trail as FHIR R4B AuditEvents. Search: patient (NHS number, or
+    https://fhir.nhs.uk/Id/nhs-number|number), agent (actor: org id, credential
+    id or 'hub'), type (an action such as delivery.delivered, or its kind such
+    as delivery), date (repeatable, with ge/gt/le/lt prefixes), _count."""
+    hub = _hub(request)
+    q = request.query_params
+    person = None
+    if q.get("patient"):
+        person = hub.audit.person(_nhs(q["patient"].rpartition("|")[2]))
+    since = until = None
+    for value in q.getlist("date"):
+        prefix, stamp = (value[:2], value[2:]) if value[:2] in ("ge", "gt", "le", "lt") else ("ge", value)
+        try:
+            when = datetime.fromisoformat(stamp if "T" in stamp else stamp + "T00:00:00+00:00")
+        except ValueError:
+            return _outcome(400, [{"pointer": None, "message": "date must be an ISO date or instant"}])
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        if prefix in ("ge", "gt"):
+            since = when
+        else:
+            until = when
+    kind = q.get("type")
+    action, prefix = (kind, None) if kind and "." in kind else (None, f"{kind}." if kind else None)
+    count = min(int(q.get("_count", "500")) if q.get("_count", "500").isdigit() else 500, 5000)
+    async with hub.deps.uow() as uow:
+        rows = await uow.audit.search(person=person, actor=q.get("agent"), action=action, action_prefix=prefix,
+                                      since=since, until=until, limit=count)
+    return _json({"resourceType": "Bundle", "type": "searchset", "total": len(rows),
+                  "entry": [{"fullUrl": f"AuditEvent/audit-{r.seq}", "resource": audit_event(r),
+                             "search": {"mode": "match"}} for r in rows]}, media_type=FHIR_JSON)
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise HTTPException(422, "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise HTTPException(422, "the body must be a JSON object")
+    return data
 
 
 @ig.get("/api/v1/dead-letters")
@@ -335,4 +472,9 @@ def create_app(hub: "Hub") -> FastAPI:
     app.include_router(inbound)
     app.include_router(fhir)
     app.include_router(ig)
+    from hub import console
+
+    if hub is not None:
+        console.set_secret(hub.audit.key)
+    app.include_router(console.router)  # the IG console, /console
     return app

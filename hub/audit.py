@@ -15,6 +15,10 @@ class AuditLog:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
+    @property
+    def key(self) -> bytes:
+        return self._key
+
     def person(self, nhs_number: str) -> str:
         return person_ref(self._key, nhs_number)
 

@@ -15,6 +15,8 @@ from hub.settings import Settings
 app = typer.Typer(help="Health and work integration hub", no_args_is_help=True, add_completion=False)
 credential_app = typer.Typer(help="Issue and revoke credentials (HTTP token + NATS user)", no_args_is_help=True)
 app.add_typer(credential_app, name="credential")
+audit_app = typer.Typer(help="The hash-chained audit trail", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 def _logging(level: str) -> None:
@@ -102,6 +104,30 @@ def demo(
     settings = Settings()
     logging.basicConfig(level=logging.WARNING)
     raise typer.Exit(asyncio.run(run_demo(settings, url or f"http://{settings.http_host}:{settings.http_port}")))
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the audit trail's hash chain; report the first broken link (exit 1)."""
+    from hub.db import make_engine, migrate
+    from hub.ig import verify_audit
+    from hub.store import UnitOfWorkFactory
+
+    async def _go():
+        engine = make_engine(Settings().db_url)
+        try:
+            await migrate(engine)
+            async with UnitOfWorkFactory(engine)() as uow:
+                return await verify_audit(uow)
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(_go())
+    if result.ok:
+        typer.echo(f"audit trail intact: {result.rows} rows, every link verified")
+        return
+    typer.echo(f"audit trail BROKEN: {result.broken} (rows before it verified: {result.rows})", err=True)
+    raise typer.Exit(1)
 
 
 @app.command("migrate")

@@ -109,7 +109,8 @@ class OutboxRelay:
             await uow.deliveries.mark_delivered([r.delivery_id for r in done], now)
             await uow.audit.append_many([
                 self.audit.row("delivery.delivered", actor="hub", at=now, ref=r.delivery_id,
-                               event_id=r.event_id, detail={"recipient": r.recipient_id, "channel": "broker"})
+                               event_id=r.event_id, person=self.audit.person(r.nhs_number),
+                               detail={"recipient": r.recipient_id, "channel": "broker"})
                 for r in done
             ])
             for (r, _v), res in zip(sending, results):
@@ -154,6 +155,7 @@ class OutboxRelay:
                     await uow.deliveries.mark_delivered([r.delivery_id], now)
                     await uow.audit.append_many([self.audit.row(
                         "delivery.delivered", actor="hub", at=now, ref=r.delivery_id, event_id=r.event_id,
+                        person=self.audit.person(r.nhs_number),
                         detail={"recipient": recipient_id, "channel": "webhook"})])
                     await uow.commit()
                 if self.on_delivered:

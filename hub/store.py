@@ -92,13 +92,14 @@ class Decisions(_Repo):
         recipient_id: str | None = None,
         outcome: str | None = None,
         event_id: str | None = None,
+        decision_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 500,
     ) -> list[Any]:
         c = t.decisions.c
         q = _matching(select(t.decisions), t.decisions, nhs_number=nhs_number, recipient_id=recipient_id,
-                      outcome=outcome, event_id=event_id)
+                      outcome=outcome, event_id=event_id, decision_id=decision_id)
         if since:
             q = q.where(c.decided_at >= since)
         if until:
@@ -368,6 +369,11 @@ class Consents(_Repo):
             "recorded_at": row["updated_at"], "recorded_by": recorded_by,
         }])
 
+    async def version(self, consent_id: str, version: int) -> Any | None:
+        c = t.consent_versions.c
+        q = select(t.consent_versions).where(c.consent_id == consent_id, c.version == version)
+        return (await self.conn.execute(q)).first()
+
     async def get(self, consent_id: str, *, for_update: bool = False) -> Any | None:
         q = select(t.consents).where(t.consents.c.consent_id == consent_id)
         if for_update and self.conn.dialect.name != "sqlite":
@@ -455,11 +461,11 @@ class Audit(_Repo):
     async def search(self, *, person: str | None = None, action: str | None = None,
                      event_id: str | None = None, actor: str | None = None, ref: str | None = None,
                      since: datetime | None = None, until: datetime | None = None,
-                     actions: Sequence[str] | None = None, limit: int = 1000) -> list[Any]:
+                     action_prefix: str | None = None, limit: int = 1000) -> list[Any]:
         q = _matching(select(t.audit), t.audit, person=person, action=action, event_id=event_id, actor=actor,
                       ref=ref)
-        if actions:
-            q = q.where(t.audit.c.action.in_(list(actions)))
+        if action_prefix:
+            q = q.where(t.audit.c.action.startswith(action_prefix, autoescape=True))
         if since:
             q = q.where(t.audit.c.at >= since)
         if until:

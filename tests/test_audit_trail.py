@@ -1,0 +1,111 @@
+"""The audit trail: append-only, hash-chained, verifiable, and readable as FHIR
+AuditEvents. Rows hold references and hashes, never personal data."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+
+from hub.ig import verify_audit
+from tests.conftest import fit_note
+from tests.test_fit_note_flow import record_consent, settled
+from tests.test_http_api import bearer
+
+NHS = "9434765919"
+
+
+async def activity(hub, creds) -> None:
+    await record_consent(hub, creds)
+    gp = await creds.issue("publisher", "B86001")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.api), base_url="http://hub") as http:
+        for _ in range(3):
+            r = await http.post("/api/v1/inbound/fit-note", headers=bearer(gp), content=orjson.dumps(fit_note()))
+            assert r.status_code == 202
+    await settled(hub, 3)
+
+
+def db_path(hub) -> Path:
+    return Path(hub.settings.db_url.split(":///", 1)[1])
+
+
+async def test_chain_verifies_and_the_database_refuses_edits(hub, creds):
+    await activity(hub, creds)
+    async with hub.deps.uow() as uow:
+        result = await verify_audit(uow)
+        actions = {r.action for r in await uow.audit.search()}
+    assert result.ok and result.rows > 10
+    assert {"event.accepted", "delivery.queued", "delivery.delivered", "consent.created",
+            "credential.issued"} <= actions
+    con = sqlite3.connect(db_path(hub))
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        con.execute("UPDATE audit SET actor = 'someone' WHERE seq = 3")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        con.execute("DELETE FROM audit WHERE seq = 3")
+    con.close()
+
+
+async def test_an_edited_row_breaks_the_chain_at_that_row(hub, creds):
+    await activity(hub, creds)
+    con = sqlite3.connect(db_path(hub))
+    con.execute("DROP TRIGGER audit_no_update")  # someone with the database file bypasses the guard
+    con.execute("""UPDATE audit SET detail = '{"recipient": "EMP-OTHER"}' WHERE seq = 7""")
+    con.commit()
+    con.close()
+    async with hub.deps.uow() as uow:
+        result = await verify_audit(uow)
+    assert not result.ok and result.broken.seq == 7 and "altered" in result.broken.problem
+    assert result.rows == 6
+
+
+async def test_a_removed_row_breaks_the_chain_and_the_cli_says_where(hub, creds, settings):
+    await activity(hub, creds)
+    con = sqlite3.connect(db_path(hub))
+    con.execute("DROP TRIGGER audit_no_delete")
+    con.execute("DELETE FROM audit WHERE seq = 5")
+    con.commit()
+    con.close()
+    env = {**os.environ, "HUB_DATA_DIR": str(settings.data_dir)}
+    out = subprocess.run([str(Path(sys.executable).parent / "hub"), "audit", "verify"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "audit row 5: missing" in out.stderr
+
+
+async def test_audit_rows_hold_no_personal_data(hub, creds):
+    await activity(hub, creds)
+    con = sqlite3.connect(db_path(hub))
+    dump = "\n".join(str(row) for row in con.execute("SELECT * FROM audit"))
+    con.close()
+    for personal in (NHS, "943 476 5919", "Smith", "Jane", "1984-03-02", "LS1 4AP", "Lumbar"):
+        assert personal not in dump
+
+
+async def test_audit_events_as_fhir_searchable_by_patient_agent_type_and_date(hub, creds):
+    await activity(hub, creds)
+    ig = await creds.issue("ig-auditor")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.api), base_url="http://hub") as http:
+        r = await http.get("/fhir/AuditEvent", headers=bearer(ig), params={"patient": NHS})
+        assert r.status_code == 200
+        bundle = r.json()
+        assert bundle["total"] >= 3 + 3 * 2  # three events, each queued and delivered for two recipients
+        for entry in bundle["entry"]:
+            AuditEvent.model_validate(entry["resource"])
+        assert NHS not in r.text
+        r = await http.get("/fhir/AuditEvent", headers=bearer(ig),
+                           params={"patient": f"https://fhir.nhs.uk/Id/nhs-number|{NHS}", "type": "delivery.delivered"})
+        delivered = r.json()["entry"]
+        assert len(delivered) == 6 and {e["resource"]["subtype"][0]["code"] for e in delivered} == {"delivery.delivered"}
+        r = await http.get("/fhir/AuditEvent", headers=bearer(ig), params={"type": "credential", "agent": "cli"})
+        assert {e["resource"]["subtype"][0]["code"] for e in r.json()["entry"]} == {"credential.issued"}
+        r = await http.get("/fhir/AuditEvent", headers=bearer(ig), params={"date": "ge2030-01-01"})
+        assert r.json()["total"] == 0
+        r = await http.get("/fhir/AuditEvent", headers=bearer(ig),
+                           params={"date": ["ge2026-11-21", "lt2026-11-22"], "type": "event"})
+        assert r.json()["total"] == 3
