@@ -97,7 +97,7 @@ async def _drain(settings: Settings, cred: dict, org: str, event_ids: set[str]) 
         while True:
             try:
                 msgs = await sub.fetch(batch=50, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own subclass or the plain asyncio one
                 break
             for m in msgs:
                 await m.ack()
@@ -209,7 +209,14 @@ async def run_demo(settings: Settings, base_url: str) -> int:
          _fit_note(nhs, today, assessment="may-be-fit", status="employed", employer="EMP-ACME")),
     ])
 
-    ok = shown > 0 and shown_after == 0
+    report = (await ig.get("/api/v1/disclosures", nhs_number=nhs))["disclosures"]
+    print(f"6. disclosure report for {nhs} (GET /api/v1/disclosures; also as CSV for a subject access request):\n"
+          + _table([[d["delivered_at"][:19].replace("T", " "), f"{d['recipient_name']} ({d['recipient_id']})",
+                     d["event_type"], ", ".join(d["categories"]),
+                     ", ".join(d["consents"] + d["break_glass"])] for d in report],
+                   ["delivered (UTC)", "recipient", "event", "categories given", "under consent"]) + "\n")
+
+    ok = shown > 0 and shown_after == 0 and len(report) == shown
     print("demo " + ("finished: deliveries before the withdrawal, none after." if ok else "found something unexpected."))
     return 0 if ok else 1
 

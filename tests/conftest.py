@@ -122,7 +122,7 @@ async def receive(hub: Hub, cred: dict, org_id: str, *, expect: int, timeout: fl
         while len(got) < expect and loop.time() < deadline:
             try:
                 msgs = await sub.fetch(batch=max(1, expect - len(got)), timeout=0.5)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own subclass or the plain asyncio one
                 continue
             for m in msgs:
                 await m.ack()
@@ -133,7 +133,7 @@ async def receive(hub: Hub, cred: dict, org_id: str, *, expect: int, timeout: fl
             for m in extra:
                 await m.ack()
             got.extend(extra)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own subclass or the plain asyncio one
             pass
         return got
     finally:

@@ -111,6 +111,8 @@ def test_demo_runs_against_a_running_hub_and_the_hub_stops_cleanly(hub_process, 
     assert "clinical-notes: Denied: clinical notes never reach an employer" in out
     assert "absence milestone (the hub, day 28)  OHP-HEALTHWORKS  received contact, identity, referral" in out
     assert "withdrawn on" in out
+    assert "6. disclosure report for" in out
+    assert "Acme Logistics Ltd (EMP-ACME)" in out and "oh-outcome-reported" in out
     assert "demo finished: deliveries before the withdrawal, none after." in out
 
     pid_file = Path(env["HUB_DATA_DIR"]) / "nats" / "nats.pid"

@@ -160,8 +160,13 @@ async def test_an_ig_officer_works_through_the_console(hub, creds, served, page)
     await expect(page.locator("table.timeline")).to_contain_text(
         "Denied: the issuing clinician did not allow the diagnosis to be shared with the employer")
     await expect(page.locator("table.timeline")).to_contain_text("Permitted by break-glass")
-    await expect(page.locator("#disclosures + p a")).to_have_attribute(
-        "href", f"/api/v1/disclosures.csv?nhs_number={NHS}")
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Download the disclosures as CSV").click()
+    download = await download_info.value
+    assert download.suggested_filename == f"disclosures-{NHS}.csv"
+    csv_text = Path(await download.path()).read_text()
+    assert csv_text.splitlines()[0].startswith("delivered_at,recipient_id,recipient_name")
+    assert "Leeds City Jobcentre" in csv_text
     await expect(page.locator("span.badge", has_text=f"break-glass {seeded['break_glass_id']}")).to_be_visible()
     await expect(page.locator("body")).to_contain_text(
         "the person is self-employed, so has no OH through work, and no WorkWell service covers postcode area M")
