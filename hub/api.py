@@ -16,6 +16,7 @@ from consent.fhir import ConsentInvalid
 from hub import consents as consent_service
 from hub import credentials
 from hub import ig as ig_service
+from hub import redelivery
 from hub.fhir_audit import audit_event
 from hub.credentials import Principal
 from hub.pipeline import check, record_rejection
@@ -27,7 +28,7 @@ from schemas.vocab import NHS_NUMBER_SYSTEM, SOURCE_KINDS
 if TYPE_CHECKING:
     from hub.bootstrap import Hub
 
-MAX_INBOUND_BYTES = 256 * 1024
+from adapters import MAX_MESSAGE_BYTES as MAX_INBOUND_BYTES  # one cap for broker and HTTP
 FHIR_JSON = "application/fhir+json"
 
 
@@ -252,6 +253,48 @@ async def list_deliveries(request: Request, nhs_number: str | None = None, recip
         rows = await uow.deliveries.search(nhs_number=nhs, recipient_id=recipient, state=state,
                                            event_id=event_id, limit=limit)
     return _json({"deliveries": [_row(r) for r in rows]})
+
+
+@ig.post("/api/v1/deliveries/{delivery_id}/retry", status_code=202)
+async def retry_delivery(delivery_id: str, request: Request, who: Principal = Depends(require(*IG))):
+    """A dead-lettered delivery back to pending under its own id (consent is decided again)."""
+    hub = _hub(request)
+    async with hub.deps.uow() as uow:
+        try:
+            await redelivery.retry_delivery(uow, hub.deps, delivery_id, actor=who.credential_id,
+                                            now=hub.deps.clock.now())
+        except LookupError:
+            raise HTTPException(404, "no such delivery") from None
+        except redelivery.RedeliveryRefused as exc:
+            raise HTTPException(409, str(exc)) from None
+        await uow.commit()
+    hub.relay.kick()
+    return _json({"delivery_id": delivery_id, "state": "pending"}, 202)
+
+
+@ig.post("/api/v1/replay", status_code=202)
+async def replay(request: Request, who: Principal = Depends(require("admin", "ig-auditor"))):
+    """Body: {since, nhs_number?, recipient_id?}. Re-delivers what was delivered to a
+    recipient and/or about a person from `since` onward, under the original
+    delivery ids, with consent decided again at replay time."""
+    hub = _hub(request)
+    body = await _json_body(request)
+    try:
+        since = datetime.fromisoformat(str(body.get("since", "")))
+        if since.tzinfo is None:
+            raise ValueError
+    except ValueError:
+        return _errors(422, [{"pointer": "/since", "message": "must be an RFC 3339 timestamp with a zone"}])
+    nhs = _nhs(str(body["nhs_number"])) if body.get("nhs_number") else None
+    async with hub.deps.uow() as uow:
+        try:
+            ids = await redelivery.replay(uow, hub.deps, nhs_number=nhs, recipient_id=body.get("recipient_id"),
+                                          since=since, actor=who.credential_id, now=hub.deps.clock.now())
+        except redelivery.RedeliveryRefused as exc:
+            return _errors(422, [{"pointer": "", "message": str(exc)}])
+        await uow.commit()
+    hub.relay.kick()
+    return _json({"replayed": len(ids), "delivery_ids": ids}, 202)
 
 
 @ig.get("/api/v1/unroutable")

@@ -25,7 +25,7 @@ from hub.directory import Directory, load_directory
 from hub.nats_server import EmbeddedNats, signal_reload
 from hub.milestones import MilestoneTimer
 from hub.outbox import OutboxRelay
-from hub.pipeline import Deps, parse_subject, process_inbound
+from hub.pipeline import Deps, parse_subject, poison, process_inbound
 from hub.settings import Settings
 from hub.store import UnitOfWorkFactory
 from hub.streams import (
@@ -104,7 +104,7 @@ class Hub:
         self.engine = make_engine(settings.db_url)
         self.audit = AuditLog(load_audit_key(self.data_dir, settings.audit_key))
         self.deps = Deps(uow=UnitOfWorkFactory(self.engine), directory=self.directory, clock=self.clock,
-                         audit=self.audit)
+                         audit=self.audit, webhook_budget_s=settings.webhook_retry_budget_s)
         self.embedded: EmbeddedNats | None = None
         self.identity = credentials.HubBrokerIdentity.load_or_create(self.data_dir) \
             if settings.embedded_broker else None
@@ -123,12 +123,24 @@ class Hub:
 
     async def handle_inbound(self, msg: NatsMessage) -> None:
         raw = msg.raw_message
+        attempt = raw.metadata.num_delivered if raw.metadata else 1
         try:
             out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
-        except Exception:  # noqa: BLE001 - not acked: JetStream redelivers after the delay
-            log.exception("inbound message on %s failed; will be redelivered", parse_subject(raw.subject)[0])
-            await msg.nack(delay=2.0)
-            return
+        except Exception as exc:  # noqa: BLE001 - not acked: JetStream redelivers it after a delay
+            kind = parse_subject(raw.subject)[0]
+            if attempt < self.settings.inbound_max_attempts:
+                log.warning("inbound %s message failed (attempt %d of %d, %s); will be redelivered",
+                            kind, attempt, self.settings.inbound_max_attempts, type(exc).__name__)
+                await msg.nack(delay=min(30.0, 0.5 * 2 ** attempt))
+                return
+            # A poison message: park it with the dead letters so it never blocks the stream.
+            log.error("inbound %s message failed %d times (%s); dead-lettered", kind, attempt, type(exc).__name__)
+            try:
+                out = await poison(self.deps, raw.subject, raw.data, attempts=attempt, error=type(exc).__name__)
+            except Exception:  # noqa: BLE001 - the database itself is failing: try again later
+                log.exception("could not dead-letter a poison message; will be redelivered")
+                await msg.nack(delay=30.0)
+                return
         await msg.ack()  # only after the commit
         if out.outcome != "duplicate":
             self.relay.kick()

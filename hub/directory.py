@@ -20,6 +20,7 @@ class Delivery:
     channel: str  # broker | webhook
     url: str | None = None
     secret_env: str | None = None  # name of a HUB_* variable holding a webhook HMAC secret
+    retry_budget_hours: float | None = None  # how long a webhook delivery is retried; default HUB_WEBHOOK_RETRY_BUDGET_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,11 @@ def parse_directory(data: dict) -> Directory:
                 raise DirectoryError(f"{where} ({org_id}): delivery.channel must be broker or webhook")
             if channel == "webhook" and not d.get("url"):
                 raise DirectoryError(f"{where} ({org_id}): a webhook needs a url")
-            delivery = Delivery(channel=channel, url=d.get("url"), secret_env=d.get("secret_env"))
+            budget = d.get("retry_budget_hours")
+            if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
+                raise DirectoryError(f"{where} ({org_id}): delivery.retry_budget_hours must be a positive number")
+            delivery = Delivery(channel=channel, url=d.get("url"), secret_env=d.get("secret_env"),
+                                retry_budget_hours=budget)
         known = {"id", "type", "name", "delivery", "size", "oh_provider", "areas", "nations"}
         orgs[org_id] = Organisation(
             id=org_id,

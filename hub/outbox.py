@@ -141,14 +141,7 @@ class OutboxRelay:
                 try:
                     await self.webhook.send(r.delivery_id, r.recipient_id, r.address, verdict.payload)
                 except DeliveryFailed as exc:
-                    now = self.clock.now()
-                    async with self.uow() as uow:
-                        await uow.deliveries.mark_retry(
-                            r.delivery_id, attempts=r.attempts + 1,
-                            next_at=now + timedelta(seconds=backoff(r.attempts, exc.retry_after)),
-                            error=exc.error)
-                        await uow.commit()
-                    log.warning("webhook delivery %s to %s failed: %s", r.delivery_id, recipient_id, exc.error)
+                    await self._webhook_failed(r, exc)
                     return
                 now = self.clock.now()
                 async with self.uow() as uow:
@@ -160,6 +153,32 @@ class OutboxRelay:
                     await uow.commit()
                 if self.on_delivered:
                     self.on_delivered([r.delivery_id])
+
+    def _budget(self, recipient_id: str) -> timedelta:
+        org = self.deps.directory.get(recipient_id)
+        hours = org.delivery.retry_budget_hours if org and org.delivery else None
+        return timedelta(hours=hours) if hours else timedelta(seconds=self.deps.webhook_budget_s)
+
+    async def _webhook_failed(self, r, exc: DeliveryFailed) -> None:
+        """Retry with back-off while the error is worth retrying and the
+        recipient's budget lasts; otherwise dead-letter the delivery."""
+        now = self.clock.now()
+        next_at = now + timedelta(seconds=backoff(r.attempts, exc.retry_after))
+        spent = next_at - r.created_at > self._budget(r.recipient_id)
+        async with self.uow() as uow:
+            if exc.retryable and not spent:
+                await uow.deliveries.mark_retry(r.delivery_id, attempts=r.attempts + 1, next_at=next_at,
+                                                error=exc.error)
+                log.warning("webhook delivery %s failed (%s); retry %d at %s", r.delivery_id, exc.error,
+                            r.attempts + 1, next_at.isoformat())
+            else:
+                why = exc.error if not exc.retryable else f"retry budget spent; last error: {exc.error}"
+                await uow.deliveries.mark_dead_lettered(r.delivery_id, attempts=r.attempts + 1, error=why)
+                await uow.audit.append_many([self.audit.row(
+                    "delivery.dead-lettered", actor="hub", at=now, ref=r.delivery_id, event_id=r.event_id,
+                    person=self.audit.person(r.nhs_number), detail={"recipient": r.recipient_id, "error": why})])
+                log.error("webhook delivery %s dead-lettered: %s", r.delivery_id, why)
+            await uow.commit()
 
     async def _publish_dead_letters(self, letters) -> None:
         now = self.clock.now()

@@ -46,6 +46,7 @@ class Deps:
     directory: Directory
     clock: Clock
     audit: AuditLog
+    webhook_budget_s: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,16 @@ async def process_inbound(deps: Deps, subject: str, data: bytes, *, via: str = "
             out = await _accept(uow, deps, result, subject, data, via)
         await uow.commit()
     return out
+
+
+async def poison(deps: Deps, subject: str, data: bytes, *, attempts: int, error: str) -> InboundResult:
+    """A message whose processing kept failing (not one that broke a field rule):
+    dead-lettered as it is, with the failure named, so an operator can resubmit it
+    once the cause is fixed."""
+    kind, org_id, _ = parse_subject(subject)
+    rejected = Rejected((FieldError("", f"processing failed {attempts} times ({error}); kept for an operator "
+                                        "to resubmit once the cause is fixed"),), source_org_id=org_id)
+    return await record_rejection(deps, kind, subject, data, rejected, via="broker")
 
 
 async def record_rejection(deps: Deps, kind: str, subject: str, data: bytes, rejected: Rejected,

@@ -22,8 +22,13 @@ class Settings(BaseSettings):
     directory: Path | None = Field(None, description="organisations YAML; default the shipped demo directory")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas per stream (3 in a cluster)")
     deliver_max_age_days: float = Field(30, description="how long HUB_DELIVER keeps a delivery for its recipient")
-    dedupe_window_s: float = Field(86400, description="JetStream duplicate window for deliveries (Nats-Msg-Id)")
+    dedupe_window_s: float = Field(120, description="JetStream duplicate window for deliveries (Nats-Msg-Id): a "
+                                                   "re-publish after a crash within it is dropped by the stream")
     inbound_batch: int = Field(32, ge=1, le=1000, description="inbound messages fetched per pull")
+    inbound_max_attempts: int = Field(5, ge=1, description="tries of an inbound message whose processing raises, "
+                                                         "before it is dead-lettered as poison")
+    webhook_retry_budget_s: float = Field(86400, description="how long a webhook delivery is retried before it is "
+                                                             "dead-lettered (per recipient: delivery.retry_budget_hours)")
     relay_interval_s: float = Field(1.0, description="how often the outbox relay looks for undelivered rows")
     milestone_poll_s: float = Field(60.0, description="how often the 28-day milestone timer looks for due episodes")
     audit_key: str | None = Field(None, description="key for the audit's person hashes; shared by all workers")

@@ -124,7 +124,8 @@ class Deliveries(_Repo):
         c = t.deliveries.c
         q = (
             select(c.seq, c.delivery_id, c.event_id, c.recipient_id, c.channel, c.address,
-                   c.payload, c.attempts, c.state, c.nhs_number, c.purpose, c.categories, c.decision_ids)
+                   c.payload, c.attempts, c.state, c.nhs_number, c.purpose, c.categories, c.decision_ids,
+                   c.created_at)
             .where(self._due(now), c.channel == channel)
             .order_by(c.seq)
             .limit(limit)
@@ -159,6 +160,32 @@ class Deliveries(_Repo):
         c = t.deliveries.c
         await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(
             payload=payload, categories=list(categories), decision_ids=list(decision_ids)))
+
+    async def mark_dead_lettered(self, delivery_id: str, *, attempts: int, error: str) -> None:
+        c = t.deliveries.c
+        await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(
+            state="dead-lettered", attempts=attempts, last_error=error, next_attempt_at=None))
+
+    async def requeue(self, delivery_id: str, *, payload: bytes, categories: Sequence[str], now: datetime) -> None:
+        """Back to pending under its original id (a retry of a dead-lettered delivery, or a replay)."""
+        c = t.deliveries.c
+        await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(
+            state="pending", payload=payload, categories=list(categories), attempts=0, next_attempt_at=None,
+            last_error=None, created_at=now))
+
+    async def get(self, delivery_id: str) -> Any | None:
+        return (await self.conn.execute(select(t.deliveries).where(t.deliveries.c.delivery_id == delivery_id))).first()
+
+    async def for_replay(self, *, nhs_number: str | None, recipient_id: str | None, since: datetime) -> list[Any]:
+        c = t.deliveries.c
+        q = _matching(select(t.deliveries).where(c.state == "delivered", c.delivered_at >= since), t.deliveries,
+                      nhs_number=nhs_number, recipient_id=recipient_id)
+        return list((await self.conn.execute(q.order_by(c.seq))).all())
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        c = t.deliveries.c
+        q = select(c.state, c.recipient_type, func.count()).group_by(c.state, c.recipient_type)
+        return {(state, rtype): n for state, rtype, n in (await self.conn.execute(q)).all()}
 
     async def mark_retry(self, delivery_id: str, *, attempts: int, next_at: datetime, error: str) -> None:
         c = t.deliveries.c
