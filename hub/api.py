@@ -16,7 +16,7 @@ from consent.fhir import ConsentInvalid
 from hub import consents as consent_service
 from hub import credentials
 from hub import ig as ig_service
-from hub import redelivery
+from hub import metrics, redelivery
 from hub.fhir_audit import audit_event
 from hub.credentials import Principal
 from hub.pipeline import check, record_rejection
@@ -101,6 +101,7 @@ async def post_inbound(kind: str, request: Request, who: Principal = Depends(req
     subject = inbound_subject(kind, who.org_id)
     if isinstance(result, Rejected):
         out = await record_rejection(hub.deps, kind, subject, raw, result, via="http")
+        metrics.EVENTS_IN.labels(kind, "dead-lettered").inc()
         hub.relay.kick()
         return _json({"errors": [e.as_dict() for e in result.errors], "dead_letter_id": out.dead_letter_id}, 422)
     await hub.js.publish(subject, raw, stream=INBOUND_STREAM, timeout=10,
@@ -488,6 +489,16 @@ def create_app(hub: "Hub") -> FastAPI:
 
     app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION + " (contract §9)")
     app.state.hub = hub
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus(who: Principal = Depends(require("admin", "ig-auditor"))) -> Response:
+        """Prometheus metrics: events in by kind, deliveries made and by state, decisions by
+        outcome and rule, dead letters, pipeline and end-to-end latency, retry queue depth,
+        consumer lag."""
+        from hub import metrics
+
+        await metrics.refresh(hub)
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/asyncapi.json", tags=["operations"], include_in_schema=False)
     async def asyncapi_json() -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.security import SASLPlaintext
 from nats.js import JetStreamContext
 
-from hub import credentials
+from hub import credentials, metrics
 from hub.api import create_app
 from hub.audit import AuditLog, load_audit_key
 from hub.clock import Clock
@@ -124,6 +125,7 @@ class Hub:
     async def handle_inbound(self, msg: NatsMessage) -> None:
         raw = msg.raw_message
         attempt = raw.metadata.num_delivered if raw.metadata else 1
+        started = time.perf_counter()
         try:
             out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
         except Exception as exc:  # noqa: BLE001 - not acked: JetStream redelivers it after a delay
@@ -142,6 +144,10 @@ class Hub:
                 await msg.nack(delay=30.0)
                 return
         await msg.ack()  # only after the commit
+        metrics.PIPELINE_SECONDS.observe(time.perf_counter() - started)
+        metrics.EVENTS_IN.labels(parse_subject(raw.subject)[0], out.outcome).inc()
+        log.debug("inbound message %s", out.outcome, extra={"event_id": out.event_id,
+                                                             "dead_letter_id": out.dead_letter_id})
         if out.outcome != "duplicate":
             self.relay.kick()
 

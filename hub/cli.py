@@ -5,7 +5,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 from typing import Optional
 
 import typer
@@ -19,11 +18,10 @@ audit_app = typer.Typer(help="The hash-chained audit trail", no_args_is_help=Tru
 app.add_typer(audit_app, name="audit")
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faststream").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _logging(settings: Settings) -> None:
+    from hub.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 @app.command()
@@ -31,7 +29,7 @@ def run() -> None:
     """Start the hub: (embedded) NATS JetStream, database migrations, inbound
     processing, outbox relay, and the HTTP API on HUB_HTTP_HOST:HUB_HTTP_PORT."""
     settings = Settings()
-    _logging(settings.log_level)
+    _logging(settings)
     asyncio.run(_run(settings))
 
 

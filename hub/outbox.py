@@ -19,6 +19,7 @@ from datetime import timedelta
 import orjson
 from nats.js import JetStreamContext
 
+from hub import metrics
 from hub.delivery import BrokerChannel, DeliveryFailed, WebhookChannel
 from hub.pipeline import Deps, recheck
 from hub.streams import DLQ_STREAM, dlq_subject
@@ -119,6 +120,7 @@ class OutboxRelay:
                                                     next_at=now + timedelta(seconds=backoff(r.attempts)),
                                                     error=res.error)
             await uow.commit()
+        self._made(done, "broker")
         if done and self.on_delivered:
             self.on_delivered([r.delivery_id for r in done])
 
@@ -151,8 +153,16 @@ class OutboxRelay:
                         person=self.audit.person(r.nhs_number),
                         detail={"recipient": recipient_id, "channel": "webhook"})])
                     await uow.commit()
+                self._made([r], "webhook")
                 if self.on_delivered:
                     self.on_delivered([r.delivery_id])
+
+    def _made(self, rows, channel: str) -> None:
+        now = self.clock.now()
+        for r in rows:
+            org = self.deps.directory.get(r.recipient_id)
+            metrics.DELIVERIES_MADE.labels(org.type if org else "unknown", channel).inc()
+            metrics.END_TO_END_SECONDS.observe(max(0.0, (now - r.created_at).total_seconds()))
 
     def _budget(self, recipient_id: str) -> timedelta:
         org = self.deps.directory.get(recipient_id)
@@ -174,6 +184,7 @@ class OutboxRelay:
             else:
                 why = exc.error if not exc.retryable else f"retry budget spent; last error: {exc.error}"
                 await uow.deliveries.mark_dead_lettered(r.delivery_id, attempts=r.attempts + 1, error=why)
+                metrics.DEAD_LETTERS.labels("delivery", "webhook").inc()
                 await uow.audit.append_many([self.audit.row(
                     "delivery.dead-lettered", actor="hub", at=now, ref=r.delivery_id, event_id=r.event_id,
                     person=self.audit.person(r.nhs_number), detail={"recipient": r.recipient_id, "error": why})])

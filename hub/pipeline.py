@@ -27,6 +27,7 @@ from hub.directory import Directory
 from hub.gate import GateResult, gate
 from hub.ig import overrides_for
 from hub.projection import project
+from hub import metrics
 from hub.absence import Note, chain
 from hub.routing import Candidate, Context, route
 from hub.signposting import notice_bundle
@@ -128,6 +129,7 @@ async def _dead_letter(uow: UnitOfWork, deps: Deps, kind: str, subject: str, dat
         "received_at": now,
     })
     if created:
+        metrics.DEAD_LETTERS.labels("input", kind if kind in SOURCE_KINDS else "unknown").inc()
         await uow.audit.append_many([deps.audit.row(
             "inbound.dead-lettered", actor=rejected.source_org_id or "unknown", at=now, ref=dl_id,
             detail={"kind": kind, "pointers": [e.pointer for e in rejected.errors][:20]},
@@ -235,6 +237,8 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
         await uow.break_glass.used(bg_id)
         audit_rows.append(deps.audit.row("break-glass.used", actor="hub", at=now, ref=bg_id,
                                          event_id=event.event_id, person=person))
+    for d in decision_rows:
+        metrics.DECISIONS.labels(d["outcome"], d["rule"]).inc()
     await uow.decisions.add_many(decision_rows)
     await uow.deliveries.add_many(delivery_rows)
     await uow.unroutable.add_many(unroutable_rows)

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     milestone_poll_s: float = Field(60.0, description="how often the 28-day milestone timer looks for due episodes")
     audit_key: str | None = Field(None, description="key for the audit's person hashes; shared by all workers")
     log_level: str = "INFO"
+    log_format: str = Field("json", pattern="^(json|text)$", description="json (structured) or text")
 
     @cached_property
     def resolved_data_dir(self) -> Path:
