@@ -472,7 +472,7 @@ async def resubmit_dead_letter(dead_letter_id: str, request: Request, who: Princ
     to its inbound subject: it is processed as new input under the same rules."""
     hub = _hub(request)
     fixed = await request.body()
-    from hub.bootstrap import ResubmitRefused
+    from hub.redelivery import RedeliveryRefused as ResubmitRefused
 
     try:
         await hub.resubmit_dead_letter(dead_letter_id, fixed or None, actor=who.credential_id)

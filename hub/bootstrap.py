@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import orjson
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.security import SASLPlaintext
@@ -89,10 +88,6 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
         schema=bytes,
     )
     return broker
-
-
-class ResubmitRefused(ValueError):
-    pass
 
 
 class Hub:
@@ -221,29 +216,13 @@ class Hub:
         await self.embedded.apply_users(users)
 
     async def resubmit_dead_letter(self, dead_letter_id: str, fixed: bytes | None, *, actor: str) -> str:
-        """Publish a dead letter (or its correction) to its inbound subject again;
-        returns the subject. Raises LookupError if unknown, ResubmitRefused if it cannot go."""
+        """See hub.redelivery.resubmit_dead_letter (raises LookupError, RedeliveryRefused)."""
+        from hub.redelivery import resubmit_dead_letter
+
         async with self.deps.uow() as uow:
-            row = await uow.dead_letters.get(dead_letter_id)
-            if row is None:
-                raise LookupError(dead_letter_id)
-            kind, _org_id, errors = parse_subject(row.subject)
-            if errors:
-                raise ResubmitRefused("this dead letter has no valid inbound subject to resubmit to")
-            if fixed is not None:
-                try:
-                    orjson.loads(fixed)
-                except orjson.JSONDecodeError:
-                    raise ResubmitRefused("the corrected message is not valid JSON") from None
-            payload = fixed if fixed is not None else row.payload
-            await self.js.publish(row.subject, payload, stream=INBOUND_STREAM, timeout=10)
-            now = self.clock.now()
-            await uow.dead_letters.mark_resubmitted(dead_letter_id, now)
-            await uow.audit.append_many([self.audit.row(
-                "dead-letter.resubmitted", actor=actor, at=now, ref=dead_letter_id,
-                detail={"kind": kind, "corrected": fixed is not None})])
+            subject = await resubmit_dead_letter(uow, self.deps, self.js, dead_letter_id, fixed, actor=actor)
             await uow.commit()
-        return row.subject
+        return subject
 
 
 async def issue_credential_offline(settings: Settings, *, role: str, org_id: str | None) -> dict:

@@ -16,6 +16,191 @@ credential_app = typer.Typer(help="Issue and revoke credentials (HTTP token + NA
 app.add_typer(credential_app, name="credential")
 audit_app = typer.Typer(help="The hash-chained audit trail", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+deliveries_app = typer.Typer(help="Deliveries and their states", no_args_is_help=True)
+app.add_typer(deliveries_app, name="deliveries")
+dead_letters_app = typer.Typer(help="Dead-lettered input: list, inspect, resubmit", no_args_is_help=True)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+def _offline(work):
+    """Run `work(hub_parts)` against the database (and, for resubmits, the broker)
+    of the hub these settings describe, without starting a hub."""
+    from hub.audit import AuditLog, load_audit_key
+    from hub.clock import Clock
+    from hub.db import make_engine, migrate
+    from hub.directory import load_directory
+    from hub.pipeline import Deps
+    from hub.store import UnitOfWorkFactory
+
+    settings = Settings()
+
+    async def _go():
+        engine = make_engine(settings.db_url)
+        try:
+            await migrate(engine)
+            deps = Deps(uow=UnitOfWorkFactory(engine), directory=load_directory(settings.directory), clock=Clock(),
+                        audit=AuditLog(load_audit_key(settings.resolved_data_dir, settings.audit_key)))
+            return await work(settings, deps)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(_go())
+
+
+def _print_rows(rows, columns: list[str]) -> None:
+    widths = {c: max([len(c)] + [len(_cell(getattr(r, c))) for r in rows]) for c in columns}
+    typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        typer.echo("  ".join(_cell(getattr(r, c)).ljust(widths[c]) for c in columns))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if hasattr(value, "isoformat"):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    state: Optional[str] = typer.Option(None, help="pending | delivered | retrying | withheld | dead-lettered"),
+    recipient: Optional[str] = typer.Option(None, help="recipient org_id"),
+    nhs_number: Optional[str] = typer.Option(None, "--person", help="the person's NHS number"),
+    limit: int = typer.Option(100),
+) -> None:
+    """List deliveries with their state (what a recipient got, or why not)."""
+    from schemas import identifiers
+
+    nhs = identifiers.nhs_number(nhs_number) if nhs_number else None
+
+    async def work(_settings, deps):
+        async with deps.uow() as uow:
+            return await uow.deliveries.search(nhs_number=nhs, recipient_id=recipient, state=state, limit=limit)
+
+    _print_rows(_offline(work), ["delivery_id", "state", "channel", "attempts", "categories", "created_at",
+                                 "delivered_at", "last_error"])
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(delivery_id: str) -> None:
+    """Put a dead-lettered delivery back to pending under its own id (consent is decided again)."""
+    from hub.redelivery import RedeliveryRefused, retry_delivery
+
+    async def work(_settings, deps):
+        async with deps.uow() as uow:
+            await retry_delivery(uow, deps, delivery_id, actor="cli", now=deps.clock.now())
+            await uow.commit()
+
+    try:
+        _offline(work)
+    except (LookupError, RedeliveryRefused) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{delivery_id}: pending; the running hub's relay sends it")
+
+
+@app.command()
+def replay(
+    since: str = typer.Option(..., help="RFC 3339 time: deliveries made from then on"),
+    recipient: Optional[str] = typer.Option(None, help="recipient org_id"),
+    nhs_number: Optional[str] = typer.Option(None, "--person", help="the person's NHS number"),
+) -> None:
+    """Re-deliver what was delivered to a recipient and/or about a person since a
+    time, under the original delivery ids; consent is decided again."""
+    from datetime import datetime
+
+    from hub.redelivery import RedeliveryRefused, replay as do_replay
+    from schemas import identifiers
+
+    when = datetime.fromisoformat(since)
+    if when.tzinfo is None:
+        typer.echo("error: --since needs a time zone (e.g. 2026-11-21T09:00:00Z)", err=True)
+        raise typer.Exit(2)
+    nhs = identifiers.nhs_number(nhs_number) if nhs_number else None
+
+    async def work(_settings, deps):
+        async with deps.uow() as uow:
+            ids = await do_replay(uow, deps, nhs_number=nhs, recipient_id=recipient, since=when, actor="cli",
+                                  now=deps.clock.now())
+            await uow.commit()
+            return ids
+
+    try:
+        ids = _offline(work)
+    except RedeliveryRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"replaying {len(ids)} deliveries")
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(status: Optional[str] = typer.Option("open", help="open | resubmitted | all")) -> None:
+    """Dead-lettered input, newest first, with the pointers of its errors (never its content)."""
+    async def work(_settings, deps):
+        async with deps.uow() as uow:
+            return await uow.dead_letters.search(status=None if status == "all" else status)
+
+    rows = _offline(work)
+    for r in rows:
+        r_errors = "; ".join(f"{e['pointer'] or '/'}: {e['message']}" for e in r.errors)
+        typer.echo(f"{r.dead_letter_id}  {r.kind:<15} {r.status:<11} {r.received_at:%Y-%m-%d %H:%M}  {r_errors}")
+
+
+@dead_letters_app.command("show")
+def dead_letters_show(dead_letter_id: str) -> None:
+    """One dead letter: its errors and the message as it arrived."""
+    async def work(_settings, deps):
+        async with deps.uow() as uow:
+            return await uow.dead_letters.get(dead_letter_id)
+
+    row = _offline(work)
+    if row is None:
+        typer.echo("error: no such dead letter", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"subject: {row.subject}\nstatus: {row.status}\nerrors:")
+    for e in row.errors:
+        typer.echo(f"  {e['pointer'] or '/'}: {e['message']}")
+    typer.echo("message:\n" + row.payload.decode("utf-8", errors="replace"))
+
+
+@dead_letters_app.command("resubmit")
+def dead_letters_resubmit(
+    dead_letter_id: str,
+    fixed: Optional[typer.FileBinaryRead] = typer.Option(None, "--fixed", help="a file with the corrected message"),
+) -> None:
+    """Publish a dead letter (or its correction) to its inbound subject again:
+    processed as new input under the same rules."""
+    import nats
+
+    from hub.credentials import HubBrokerIdentity
+    from hub.redelivery import RedeliveryRefused, resubmit_dead_letter
+
+    body = fixed.read() if fixed else None
+
+    async def work(settings, deps):
+        if settings.embedded_broker:
+            ident = HubBrokerIdentity.load_or_create(settings.resolved_data_dir)
+            user, password = ident.user, ident.password
+        else:
+            user, password = settings.nats_user, settings.nats_password
+        nc = await nats.connect(settings.broker_url, user=user, password=password, connect_timeout=5,
+                                allow_reconnect=False)
+        try:
+            async with deps.uow() as uow:
+                await resubmit_dead_letter(uow, deps, nc.jetstream(), dead_letter_id, body, actor="cli")
+                await uow.commit()
+        finally:
+            await nc.close()
+
+    try:
+        _offline(work)
+    except (LookupError, RedeliveryRefused) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{dead_letter_id}: resubmitted")
 
 
 def _logging(settings: Settings) -> None:

@@ -702,7 +702,7 @@ async def dead_letter(dead_letter_id: str, request: Request, sess: Session = Dep
 
 @router.post("/dead-letters/{dead_letter_id}/resubmit")
 async def resubmit(dead_letter_id: str, request: Request, sess: Session = Depends(session)):
-    from hub.bootstrap import ResubmitRefused
+    from hub.redelivery import RedeliveryRefused as ResubmitRefused
 
     form, refused = await _checked_form(request, sess)
     if refused:

@@ -18,6 +18,33 @@ class RedeliveryRefused(ValueError):
     pass
 
 
+async def resubmit_dead_letter(uow: UnitOfWork, deps: Deps, js, dead_letter_id: str, fixed: bytes | None, *,
+                               actor: str) -> str:
+    """Publish a dead letter (or its correction) to its inbound subject again: it
+    is processed as new input under the same rules. Returns the subject.
+    Raises LookupError if unknown, RedeliveryRefused if it cannot go."""
+    from hub.pipeline import parse_subject
+    from hub.streams import INBOUND_STREAM
+
+    row = await uow.dead_letters.get(dead_letter_id)
+    if row is None:
+        raise LookupError(dead_letter_id)
+    kind, _org_id, errors = parse_subject(row.subject)
+    if errors:
+        raise RedeliveryRefused("this dead letter has no valid inbound subject to resubmit to")
+    if fixed is not None:
+        try:
+            orjson.loads(fixed)
+        except orjson.JSONDecodeError:
+            raise RedeliveryRefused("the corrected message is not valid JSON") from None
+    await js.publish(row.subject, fixed if fixed is not None else row.payload, stream=INBOUND_STREAM, timeout=10)
+    now = deps.clock.now()
+    await uow.dead_letters.mark_resubmitted(dead_letter_id, now)
+    await uow.audit.append_many([deps.audit.row("dead-letter.resubmitted", actor=actor, at=now, ref=dead_letter_id,
+                                                detail={"kind": kind, "corrected": fixed is not None})])
+    return row.subject
+
+
 async def _requeue(uow: UnitOfWork, deps: Deps, row, now: datetime) -> None:
     org = deps.directory.get(row.recipient_id)
     if org is None or org.delivery is None:
