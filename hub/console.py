@@ -675,12 +675,33 @@ async def dead_letters(request: Request, status: str = "open", sess: Session = D
     async with _hub(request).deps.uow() as uow:
         nav = await _open_counts(uow)
         rows = await uow.dead_letters.search(status=None if status == "all" else status)
+        failed = await uow.deliveries.search(state="dead-lettered")
     # the list never shows payloads: only what was wrong, by pointer
     letters = [{"id": r.dead_letter_id, "kind": r.kind, "received_at": r.received_at, "via": r.via,
                 "source_org_id": r.source_org_id, "status": r.status, "resubmitted_at": r.resubmitted_at,
                 "errors": r.errors} for r in rows]
     return render(request, "dead_letters.html", sess, nav=nav, letters=letters, status=status,
-                  statuses=(*DEAD_LETTER_STATUSES, "all"))
+                  statuses=(*DEAD_LETTER_STATUSES, "all"), failed=failed)
+
+
+@router.post("/deliveries/{delivery_id}/retry")
+async def retry_delivery(delivery_id: str, request: Request, sess: Session = Depends(session)):
+    """A dead-lettered delivery back to pending under its own id (consent is decided again)."""
+    from hub.redelivery import RedeliveryRefused, retry_delivery as do_retry
+
+    form, refused = await _checked_form(request, sess)
+    if refused:
+        return refused
+    hub = _hub(request)
+    async with hub.deps.uow() as uow:
+        try:
+            await do_retry(uow, hub.deps, delivery_id, actor=sess.principal.credential_id, now=hub.deps.clock.now())
+        except (LookupError, RedeliveryRefused) as exc:
+            return _redirect(request, "/console/dead-letters", ("error", f"Not retried: {exc}"))
+        await uow.commit()
+    hub.relay.kick()
+    return _redirect(request, "/console/dead-letters", ("ok", "Delivery queued again; consent is decided again "
+                                                              "before it is sent."))
 
 
 @router.get("/dead-letters/{dead_letter_id}", response_class=HTMLResponse)

@@ -169,3 +169,24 @@ async def test_a_slow_webhook_never_delays_deliveries_to_others(hub, webhook, cr
     assert len(got) == 1 and orjson.loads(got[0].data)["identifier"]["value"] == out.event_id
     assert (await delivery(hub, f"{cafe_event}:{CAFE}")).state == "pending"  # still waiting on the slow one
     await state_is(hub, f"{cafe_event}:{CAFE}", "delivered", timeout=10)
+
+
+async def test_the_console_shows_a_dead_lettered_delivery_and_retries_it(hub, webhook, creds):
+    from hub.console import session_csrf
+    from tests.test_console_views import sign_in
+
+    await consent_for_both(hub)
+    webhook.script.append(Reply(404))
+    event_id = await cafe_note(hub)
+    delivery_id = f"{event_id}:{CAFE}"
+    await state_is(hub, delivery_id, "dead-lettered")
+    ig = await creds.issue("ig-auditor")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.api), base_url="http://hub") as http:
+        assert (await sign_in(http, ig["http_token"])).status_code == 303
+        page = await http.get("/console/dead-letters")
+        assert delivery_id in page.text and "webhook answered 404" in page.text
+        r = await http.post(f"/console/deliveries/{delivery_id}/retry",
+                            data={"csrf": session_csrf(ig["http_token"])})
+        assert r.status_code == 303
+    await state_is(hub, delivery_id, "delivered")
+    assert len(webhook.accepted) == 1
