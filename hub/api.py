@@ -280,12 +280,9 @@ async def replay(request: Request, who: Principal = Depends(require("admin", "ig
     delivery ids, with consent decided again at replay time."""
     hub = _hub(request)
     body = await _json_body(request)
-    try:
-        since = datetime.fromisoformat(str(body.get("since", "")))
-        if since.tzinfo is None:
-            raise ValueError
-    except ValueError:
-        return _errors(422, [{"pointer": "/since", "message": "must be an RFC 3339 timestamp with a zone"}])
+    since = _instant(body, "since")
+    if since is None:
+        return _errors(422, [{"pointer": "/since", "message": INSTANT_NEEDED}])
     nhs = _nhs(str(body["nhs_number"])) if body.get("nhs_number") else None
     async with hub.deps.uow() as uow:
         try:
@@ -353,12 +350,9 @@ async def create_break_glass(request: Request, who: Principal = Depends(require(
     """Body: {nhs_number, recipient_id, purpose, justification, expires_at} (at most 72 hours)."""
     hub = _hub(request)
     body = await _json_body(request)
-    try:
-        expires = datetime.fromisoformat(str(body.get("expires_at", "")))
-        if expires.tzinfo is None:
-            raise ValueError
-    except ValueError:
-        return _errors(422, [{"pointer": "/expires_at", "message": "must be an RFC 3339 timestamp with a zone"}])
+    expires = _instant(body, "expires_at")
+    if expires is None:
+        return _errors(422, [{"pointer": "/expires_at", "message": INSTANT_NEEDED}])
     try:
         nhs = identifiers.nhs_number(str(body.get("nhs_number", "")))
     except ValueError as exc:
@@ -435,6 +429,18 @@ async def search_audit_events(request: Request, who: Principal = Depends(require
     return _json({"resourceType": "Bundle", "type": "searchset", "total": len(rows),
                   "entry": [{"fullUrl": f"AuditEvent/audit-{r.seq}", "resource": audit_event(r),
                              "search": {"mode": "match"}} for r in rows]}, media_type=FHIR_JSON)
+
+
+INSTANT_NEEDED = "must be an RFC 3339 timestamp with a zone"
+
+
+def _instant(body: dict, field: str) -> datetime | None:
+    """An aware timestamp from a JSON body field, or None if it is not one."""
+    try:
+        value = datetime.fromisoformat(str(body.get(field, "")))
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else None
 
 
 async def _json_body(request: Request) -> dict:
