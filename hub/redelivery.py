@@ -37,11 +37,21 @@ async def resubmit_dead_letter(uow: UnitOfWork, deps: Deps, js, dead_letter_id: 
             orjson.loads(fixed)
         except orjson.JSONDecodeError:
             raise RedeliveryRefused("the corrected message is not valid JSON") from None
-    await js.publish(row.subject, fixed if fixed is not None else row.payload, stream=INBOUND_STREAM, timeout=10)
+    # Marked (and committed) before it is published: the message may be processed at
+    # once, and if it fails again it must find the letter resubmitted, to reopen it.
     now = deps.clock.now()
     await uow.dead_letters.mark_resubmitted(dead_letter_id, now)
     await uow.audit.append_many([deps.audit.row("dead-letter.resubmitted", actor=actor, at=now, ref=dead_letter_id,
                                                 detail={"kind": kind, "corrected": fixed is not None})])
+    await uow.commit()
+    try:
+        await js.publish(row.subject, fixed if fixed is not None else row.payload, stream=INBOUND_STREAM,
+                         timeout=10)
+    except Exception:
+        async with deps.uow() as undo:
+            await undo.dead_letters.reopen(dead_letter_id)
+            await undo.commit()
+        raise
     return row.subject
 
 

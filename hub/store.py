@@ -372,6 +372,12 @@ class DeadLetters(_Repo):
             .values(published_at=at)
         )
 
+    async def reopen(self, dead_letter_id: str) -> None:
+        await self.conn.execute(
+            update(t.dead_letters).where(t.dead_letters.c.dead_letter_id == dead_letter_id)
+            .values(status="open", resubmitted_at=None)
+        )
+
     async def mark_resubmitted(self, dead_letter_id: str, at: datetime) -> None:
         await self.conn.execute(
             update(t.dead_letters).where(t.dead_letters.c.dead_letter_id == dead_letter_id)

@@ -55,9 +55,46 @@ def clock() -> FixedClock:
     return FixedClock(NOW)
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL cluster for the session when HUB_TEST_DB=postgres."""
+    from tests.servers import postgres
+
+    with postgres() as dsn:
+        yield dsn
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "var", nats_port=free_port(), http_port=free_port(), relay_interval_s=0.2)
+def database_url(request, tmp_path: Path) -> str | None:
+    """None (SQLite in the data dir) unless HUB_TEST_DB=postgres: then a fresh
+    database on the session's PostgreSQL cluster for each test."""
+    import os
+
+    if os.environ.get("HUB_TEST_DB", "sqlite") != "postgres":
+        return None
+    import asyncio
+    import uuid as _uuid
+
+    import asyncpg
+
+    admin = request.getfixturevalue("postgres_server")
+    name = f"t_{_uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return "postgresql+asyncpg://" + admin.split("://", 1)[1].rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url) -> Settings:
+    return Settings(data_dir=tmp_path / "var", nats_port=free_port(), http_port=free_port(), relay_interval_s=0.2,
+                    database_url=database_url)
 
 
 @pytest.fixture

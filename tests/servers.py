@@ -48,3 +48,53 @@ def external_nats() -> Iterator[str]:
 
 
 __all__ = ["docker_available", "external_nats"]
+
+
+def _pg_bin(name: str) -> str:
+    import glob
+    import shutil
+
+    for path in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
+        return path
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found: install Debian's postgresql (make does)")
+    return found
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster; yields an admin DSN (postgresql://...).
+    testcontainers when a Docker engine answers, else initdb/pg_ctl into a temp
+    dir on a free loopback port (as the `postgres` user when run as root, since
+    initdb refuses root)."""
+    if docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", username="hub", password="hub", dbname="hub") as pg:
+            yield f"postgresql://hub:hub@{pg.get_container_host_ip()}:{pg.get_exposed_port(5432)}/hub"
+        return
+    import os
+    import pwd
+    import shutil
+
+    port = free_port()
+    root = tempfile.mkdtemp(prefix="hub-pg-")
+    data = f"{root}/data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    try:
+        subprocess.run([*as_user, _pg_bin("initdb"), "-D", data, "-U", "hub", "--auth=trust", "-E", "UTF8",
+                        "--no-sync"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", data, "-l", f"{root}/log", "-w", "-o",
+                        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+                        "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield f"postgresql://hub@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)

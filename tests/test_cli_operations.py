@@ -21,6 +21,8 @@ BIN = Path(sys.executable).parent / "hub"
 async def cli(settings, *args: str) -> subprocess.CompletedProcess:
     """Run the CLI without blocking the event loop the in-process hub runs on."""
     env = {**os.environ, "HUB_DATA_DIR": str(settings.data_dir), "HUB_NATS_PORT": str(settings.nats_port)}
+    if settings.database_url:
+        env["HUB_DATABASE_URL"] = settings.database_url
     proc = await asyncio.create_subprocess_exec(str(BIN), *args, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
