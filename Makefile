@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install browser demo bench clean
+.PHONY: run test test-sqlite test-postgres install browser postgres demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,21 @@ browser:
 	  else echo "no /usr/bin/chromium and no apt-get: the console's browser tests will be skipped"; fi; \
 	fi
 
-## The whole suite, on a real nats-server and a real database.
-test: $(STAMP) browser
+## Debian's PostgreSQL server binaries (initdb, pg_ctl): the tests start throwaway clusters with them.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; \
+	  else echo "no PostgreSQL and no apt-get: install PostgreSQL's server binaries"; exit 1; fi; \
+	fi
+
+## The whole suite on a real nats-server and SQLite, then every database-touching test again on PostgreSQL.
+test: test-sqlite test-postgres
+
+test-sqlite: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-postgres: $(STAMP) postgres
+	HUB_TEST_DB=postgres $(BIN)/python -m pytest -m db -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

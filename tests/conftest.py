@@ -21,6 +21,14 @@ from hub.streams import DELIVER_STREAM, recipient_consumer
 from tests.natsutil import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that get a database (through the `settings` fixture, which `hub`
+    uses) are marked `db`: `make test` runs those again on PostgreSQL."""
+    for item in items:
+        if "settings" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
 
 
