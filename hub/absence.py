@@ -22,6 +22,15 @@ MILESTONE_DAY = 28
 _EPISODE_NS = uuid.UUID("0b7e3c52-2f6e-4c3a-9a8e-4c1f6d2b7a90")
 
 
+def plus_days(day: date, days: int) -> date:
+    """`day` + `days`, saturating at the calendar's end instead of overflowing
+    (a note may, absurdly but validly, run to 9999-12-31)."""
+    try:
+        return day + timedelta(days=days)
+    except OverflowError:
+        return date.max
+
+
 @dataclass(frozen=True, slots=True)
 class Note:
     key: str  # "<source org>|<fit note id>"
@@ -40,7 +49,7 @@ class Episode:
 
     @property
     def day_28(self) -> date:
-        return self.start + timedelta(days=MILESTONE_DAY - 1)
+        return plus_days(self.start, MILESTONE_DAY - 1)
 
     @property
     def covers_day_28(self) -> bool:
@@ -49,7 +58,9 @@ class Episode:
     @property
     def milestone_due_at(self) -> datetime | None:
         """The start (UK time) of day 28, when the notes cover it; else None."""
-        return day_start(self.day_28) if self.covers_day_28 else None
+        if not self.covers_day_28 or self.day_28 == date.max:
+            return None
+        return day_start(self.day_28)
 
 
 def new_episode_id(nhs_number: str, first_note_key: str) -> str:
@@ -67,7 +78,7 @@ def chain(nhs_number: str, notes: Iterable[Note], *, fired: Sequence[str] = ()) 
     groups: list[list[Note]] = []
     end: date | None = None
     for note in ordered:
-        if groups and end is not None and note.start <= end + timedelta(days=MAX_GAP_DAYS + 1):
+        if groups and end is not None and note.start <= plus_days(end, MAX_GAP_DAYS + 1):
             groups[-1].append(note)
             end = max(end, note.end)
         else:

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -28,7 +28,7 @@ from hub.gate import GateResult, gate
 from hub.ig import overrides_for
 from hub.projection import project
 from hub import metrics
-from hub.absence import Note, chain
+from hub.absence import Note, chain, plus_days
 from hub.routing import Candidate, Context, route
 from hub.signposting import notice_bundle
 from hub.store import UnitOfWork, UnitOfWorkFactory
@@ -68,6 +68,14 @@ def parse_subject(subject: str) -> tuple[str, str | None, list[FieldError]]:
         return parts[2], parts[3], []
     kind = parts[2] if len(parts) > 2 and parts[:2] == ["hub", "inbound"] else "unknown"
     return kind, None, [FieldError("", "subject must be hub.inbound.<kind>.<source org_id>")]
+
+
+def _printable(text: str | None) -> str | None:
+    """Text as a database column can hold it: control characters (NUL above all,
+    which PostgreSQL text refuses) replaced by U+FFFD. The payload is kept as bytes."""
+    if text is None:
+        return None
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
 
 
 def dead_letter_id(subject: str, data: bytes) -> str:
@@ -119,10 +127,10 @@ async def _dead_letter(uow: UnitOfWork, deps: Deps, kind: str, subject: str, dat
     created = await uow.dead_letters.add_if_absent({
         "dead_letter_id": dl_id,
         "kind": kind if kind in SOURCE_KINDS else "unknown",
-        "subject": subject[:300],
+        "subject": _printable(subject)[:300],
         "via": via,
-        "source_org_id": rejected.source_org_id,
-        "message_id": (rejected.message_id or "")[:200] or None,
+        "source_org_id": _printable(rejected.source_org_id),
+        "message_id": _printable(rejected.message_id or "")[:200] or None,
         "payload": data,
         "errors": [e.as_dict() for e in rejected.errors],
         "status": "open",
@@ -353,7 +361,7 @@ async def fire_milestone(uow: UnitOfWork, deps: Deps, episode: Any, now: datetim
     patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     event = milestone_event(
         nhs_number=episode.nhs_number, episode_id=episode.episode_id, episode_start=episode.start_on,
-        day_28=episode.start_on + timedelta(days=27), patient=patient, employer_id=f.get("employer_id"),
+        day_28=plus_days(episode.start_on, 27), patient=patient, employer_id=f.get("employer_id"),
         employment_status=f.get("employment_status"), postcode_area=f.get("postcode_area"),
         gp_practice_id=gp, now=now,
     )
