@@ -3,7 +3,11 @@
 `adapt()` is the one entry point. It is pure (no I/O): the caller passes the
 directory and the clock. In order, it:
 
-1. parses the bytes as JSON (else ``""`` "not valid JSON ..."), requires an object;
+1. refuses input over `MAX_MESSAGE_BYTES` (256 KiB) before reading it, bytes that
+   are not UTF-8, and JSON nested deeper than `MAX_NESTING_DEPTH` levels (so
+   hostile input is refused in bounded time and nothing later can recurse too
+   deeply); parses the bytes as JSON (else ``""`` "not valid JSON ..."), requires
+   an object;
 2. requires a known kind (`vocab.SOURCE_KINDS`);
 3. validates the envelope and requires the kind's body key;
 4. requires `source.org_id` to be in the directory and, when the message came
@@ -48,7 +52,17 @@ from schemas.sources import (
 )
 from schemas.vocab import SOURCE_KINDS
 
-__all__ = ["adapt", "KindAdapter", "ADAPTERS"]
+__all__ = ["adapt", "KindAdapter", "ADAPTERS", "MAX_MESSAGE_BYTES", "MAX_NESTING_DEPTH"]
+
+MAX_MESSAGE_BYTES = 256 * 1024
+"""The largest inbound message, in bytes, on any path (broker or HTTP)."""
+MAX_NESTING_DEPTH = 64
+"""The deepest nesting of arrays and objects accepted; real messages use about 4
+levels, unknown fields included. orjson itself stops at 1024."""
+
+TOO_LARGE = FieldError("", "message larger than 256 KiB")
+NOT_UTF8 = "not valid JSON: not UTF-8 (invalid byte at offset {offset})"
+TOO_DEEP = FieldError("", f"nested too deeply: at most {MAX_NESTING_DEPTH} levels of arrays and objects")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +79,45 @@ ADAPTERS: dict[str, KindAdapter] = {
     "access-to-work": KindAdapter(AccessToWorkMessage, adapt_access_to_work),
     "oh-outcome": KindAdapter(OhOutcomeMessage, adapt_oh_outcome),
 }
+
+
+def _too_deep(raw: bytes, data: Any) -> bool:
+    """Whether the parsed value nests containers more than MAX_NESTING_DEPTH deep
+    (the top level is 1). Iterative, so it cannot itself recurse too deeply."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING_DEPTH:  # a bound on the depth
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_NESTING_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _parse(raw: bytes) -> Any | FieldError:
+    """The JSON value of `raw`, or the one error that stops it being read at all."""
+    if isinstance(raw, str):  # not what callers pass, but orjson would take it: measure it in bytes
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return TOO_LARGE
+    raw = bytes(raw)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return FieldError("", NOT_UTF8.format(offset=exc.start))
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(getattr(exc, "msg", "")):  # orjson's own limit (1024 levels)
+            return TOO_DEEP
+        return errors.invalid_json(exc)
+    if isinstance(data, (dict, list)) and _too_deep(raw, data):
+        return TOO_DEEP
+    return data
 
 
 def _peek(data: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -98,10 +151,9 @@ def adapt(
     """
     today = uk_today(now)  # also rejects a naive `now` (a caller bug, not bad input)
 
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Rejected(errors=(errors.invalid_json(exc),))
+    data = _parse(raw)
+    if isinstance(data, FieldError):
+        return Rejected(errors=(data,))
     if not isinstance(data, dict):
         return Rejected(errors=(errors.NOT_AN_OBJECT,))
     message_id, source_org_id = _peek(data)

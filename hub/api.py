@@ -94,7 +94,7 @@ async def post_inbound(kind: str, request: Request, who: Principal = Depends(req
         raise HTTPException(404, f"unknown kind; one of {', '.join(SOURCE_KINDS)}")
     raw = await request.body()
     if len(raw) > MAX_INBOUND_BYTES:
-        return _errors(413, [{"pointer": "", "message": f"message larger than {MAX_INBOUND_BYTES} bytes"}])
+        return _errors(413, [{"pointer": "", "message": "message larger than 256 KiB"}])
     result = check(kind, raw, org_id=None, deps=hub.deps)
     if result.source_org_id and result.source_org_id != who.org_id:
         return _errors(403, [{"pointer": "/source/org_id", "message": "does not match the credential's organisation"}])

@@ -45,7 +45,7 @@ orjson first) or ``model_validate_json``; both apply the same rules.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -177,6 +177,10 @@ def _parse_rfc3339(value: Any) -> datetime:
         raise PydanticCustomError(
             "rfc3339_timezone", "must be an RFC 3339 timestamp with a time zone (Z or +hh:mm)"
         )
+    try:  # e.g. 9999-12-31T23:59:59-23:59 has no UTC equivalent (found by fuzzing)
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("rfc3339", "must be an RFC 3339 timestamp") from None
     return parsed
 
 
@@ -206,6 +210,8 @@ def _text(max_length: int) -> Any:
     def not_blank(value: str) -> str:
         if not value.strip():
             raise PydanticCustomError("text", message)
+        if "\x00" in value:  # no PostgreSQL text column can hold it (found by fuzzing)
+            raise PydanticCustomError("text_nul", "must not contain the NUL character (U+0000)")
         return value
 
     return Annotated[
