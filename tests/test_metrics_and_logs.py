@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hub.logs import JsonFormatter
 from tests.conftest import fit_note
+from tests.natsutil import wait_until
 from tests.test_fit_note_flow import publish, record_consent, settled
 from tests.test_http_api import bearer
 
@@ -20,6 +21,13 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+async def dead_lettered(hub, n: int = 1) -> None:
+    async def check() -> bool:
+        async with hub.deps.uow() as uow:
+            return len(await uow.dead_letters.search()) >= n
+    await wait_until(check, 10, f"{n} dead letters")
 
 
 async def scrape(http, cred) -> dict:
@@ -38,6 +46,7 @@ async def test_metrics_count_what_the_hub_did(hub, creds):
         await publish(hub, gp, fit_note())
         await publish(hub, gp, fit_note(**{"fit_note.patient.nhs_number": "123"}))
         await settled(hub, 1)
+        await dead_lettered(hub)
         after = await scrape(http, admin)
 
     def delta(name, **labels):
@@ -89,6 +98,7 @@ async def test_logs_of_a_run_never_hold_personal_data(hub, creds, caplog):
     bad = fit_note(**{"fit_note.patient.nhs_number": "9434765918", "fit_note.patient.postcode": "XX"})
     await publish(hub, gp, orjson.dumps(bad))
     await settled(hub, 1)
+    await dead_lettered(hub)
     text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     assert "dead-lettered" in text
     for personal in ("9434765919", "9434765918", "943 476 5919", "Smith", "1984-03-02", "LS1 4AP", "Lumbar"):
