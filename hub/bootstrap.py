@@ -13,6 +13,7 @@ import httpx
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.security import SASLPlaintext
+from sqlalchemy.exc import InterfaceError, OperationalError
 from nats.js import JetStreamContext
 
 from hub import credentials, metrics
@@ -125,6 +126,13 @@ class Hub:
             out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
         except Exception as exc:  # noqa: BLE001 - not acked: JetStream redelivers it after a delay
             kind = parse_subject(raw.subject)[0]
+            if isinstance(exc, (OperationalError, InterfaceError)):
+                # The database is unavailable or locked: the message is not at fault, so this
+                # never counts towards parking it as poison.
+                log.warning("database unavailable (%s); inbound %s message will be redelivered",
+                            type(exc).__name__, kind)
+                await msg.nack(delay=2.0)
+                return
             if attempt < self.settings.inbound_max_attempts:
                 log.warning("inbound %s message failed (attempt %d of %d, %s); will be redelivered",
                             kind, attempt, self.settings.inbound_max_attempts, type(exc).__name__)

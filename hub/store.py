@@ -516,7 +516,11 @@ class UnitOfWork:
 
     async def __aenter__(self) -> "UnitOfWork":
         self.conn = await self._engine.connect()
-        await self.conn.begin()
+        try:
+            await self.conn.begin()
+        except BaseException:
+            await self.conn.close()  # give the connection back: a locked database must not leak it
+            raise
         c = self.conn
         self.events = Events(c)
         self.decisions = Decisions(c)

@@ -82,7 +82,9 @@ def inbound_consumer_config() -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=INBOUND_CONSUMER,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=60.0,
+        # A message a crashed worker had fetched comes back after this long; handling is
+        # idempotent on the event id, so an early redelivery costs only a duplicate check.
+        ack_wait=20.0,
         max_ack_pending=5000,
         deliver_policy=DeliverPolicy.ALL,
     )
