@@ -72,6 +72,22 @@ def assert_no_value_in_messages(result: Rejected, *values: Any) -> None:
                     assert text not in error.message, (error, value)
                     assert compact not in error.message.replace(" ", ""), (error, value)
 
+def bad(path: str, value: Any) -> tuple[str, Any, str]:
+    """A refusal case: replace `path` (a/b/c) by `value`; the error points at it."""
+    return path, value, "/" + path
+
+
+def assert_refused(rejected_fn: Any, example_fn: Any, path: str, value: Any, pointer: str) -> None:
+    """The example with one field changed is refused with exactly one error, at
+    `pointer`, whose message is non-empty and never repeats the value."""
+    msg = edit(example_fn(), path, value)
+    result = rejected_fn(msg)
+    assert [e.pointer for e in result.errors] == [pointer], result.errors
+    assert all(e.message for e in result.errors)
+    assert_no_value_in_messages(result, value)
+    assert result.message_id == msg["message_id"]
+
+
 
 # ------------------------------------------------------------------ acceptance
 
