@@ -91,9 +91,28 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
     return broker
 
 
+ROLES = ("all", "worker", "api")
+
+
 class Hub:
+    """One hub process. Its role says which edges it runs:
+
+    - ``all`` (``hub run``): everything in one process;
+    - ``worker`` (``hub run --worker``): the inbound consumer, the outbox relay
+      and the milestone timer, no HTTP;
+    - ``api`` (``hub run --api``): the HTTP API and console, with an outbox
+      relay for what HTTP itself records (dead letters, break-glass); no inbound
+      consumer and no timer.
+
+    Any number of each share one NATS and one database: the durable pull
+    consumer gives each inbound message to one worker, and the relay and the
+    timer take rows under row locks, so nothing is sent twice."""
+
     def __init__(self, settings: Settings, *, clock: Clock | None = None,
-                 directory: Directory | None = None) -> None:
+                 directory: Directory | None = None, role: str = "all") -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        self.role = role
         self.settings = settings
         self.data_dir = settings.resolved_data_dir
         self.directory = directory or load_directory(settings.directory)
@@ -174,13 +193,16 @@ class Hub:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
         self.relay = OutboxRelay(self.deps, self.js, WebhookChannel(self._http, self.directory),
                                  interval=self.settings.relay_interval_s)
-        self.milestones = MilestoneTimer(self.deps, interval=self.settings.milestone_poll_s, on_fired=self.relay.kick)
-        await self.broker.start()
         self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
-        self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
+        if self.role != "api":
+            self.milestones = MilestoneTimer(self.deps, interval=self.settings.milestone_poll_s,
+                                             on_fired=self.relay.kick)
+            await self.broker.start()
+            self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
         self.started = True
-        log.info("hub started in %.2fs (broker %s, database %s)", asyncio.get_running_loop().time() - t0,
-                 "embedded" if self.embedded else "external", self.engine.url.get_backend_name())
+        log.info("hub %s started in %.2fs (broker %s, database %s)", self.role,
+                 asyncio.get_running_loop().time() - t0, "embedded" if self.embedded else "external",
+                 self.engine.url.get_backend_name())
 
     async def stop(self) -> None:
         if getattr(self, "milestones", None) is not None:

@@ -210,21 +210,37 @@ def _logging(settings: Settings) -> None:
 
 
 @app.command()
-def run() -> None:
+def run(
+    worker: bool = typer.Option(False, "--worker", help="inbound processing, outbox relay and milestone timer; "
+                                                         "no HTTP (needs HUB_NATS_URL)"),
+    api: bool = typer.Option(False, "--api", help="the HTTP API and console only (needs HUB_NATS_URL)"),
+) -> None:
     """Start the hub: (embedded) NATS JetStream, database migrations, inbound
-    processing, outbox relay, and the HTTP API on HUB_HTTP_HOST:HUB_HTTP_PORT."""
+    processing, outbox relay, and the HTTP API on HUB_HTTP_HOST:HUB_HTTP_PORT.
+    With --worker or --api, one part of it, so that several processes can
+    share an external NATS (cluster) and a PostgreSQL database."""
+    if worker and api:
+        typer.echo("error: --worker and --api are two different processes; start each on its own", err=True)
+        raise typer.Exit(2)
     settings = Settings()
+    role = "worker" if worker else "api" if api else "all"
+    if role != "all" and settings.embedded_broker:
+        typer.echo(f"error: --{role} shares a broker with other processes: set HUB_NATS_URL", err=True)
+        raise typer.Exit(2)
     _logging(settings)
-    asyncio.run(_run(settings))
+    asyncio.run(_run(settings, role))
 
 
-async def _run(settings: Settings) -> None:
+async def _run(settings: Settings, role: str = "all") -> None:
     import uvicorn
 
     from hub.bootstrap import Hub
 
-    hub = Hub(settings)
+    hub = Hub(settings, role=role)
     await hub.start()
+    if role == "worker":
+        await _serve_worker(settings, hub)
+        return
     config = uvicorn.Config(hub.api, host=settings.http_host, port=settings.http_port, log_level="warning",
                             lifespan="off")
     server = uvicorn.Server(config)
@@ -236,6 +252,28 @@ async def _run(settings: Settings) -> None:
           f"(broker {settings.broker_url}, data {settings.resolved_data_dir})", flush=True)
     try:
         await server.serve()
+    finally:
+        await hub.stop()
+
+
+async def _serve_worker(settings: Settings, hub) -> None:
+    """A worker has no HTTP: it runs until SIGINT/SIGTERM, touching
+    <data_dir>/heartbeat while its broker connection is up (a container's health check)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    beat = settings.resolved_data_dir / "heartbeat"
+    beat.parent.mkdir(parents=True, exist_ok=True)
+    print(f"hub worker ready (broker {settings.broker_url})", flush=True)
+    try:
+        while not stop.is_set():
+            if hub.healthy():
+                beat.touch()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=5.0)
+            except TimeoutError:
+                pass
     finally:
         await hub.stop()
 
