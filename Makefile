@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-postgres install browser postgres demo bench clean
+.PHONY: run test test-sqlite test-postgres install browser postgres demo bench clean cluster compose-check test-failover
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,21 @@ test-postgres: $(STAMP) postgres
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+## The production shape without Docker: 3 clustered nats-server nodes, PostgreSQL, 2 workers and the API
+## on loopback (deploy/cluster.py; data in var/cluster). Ctrl-C stops it all.
+cluster: $(STAMP) postgres
+	$(BIN)/python -m deploy.cluster $(CLUSTER_ARGS)
+
+## Validate docker-compose.yml with no engine (Debian's docker-compose; installed if missing).
+compose-check:
+	@if ! command -v docker-compose >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then DEBIAN_FRONTEND=noninteractive apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose; \
+	  else echo "no docker-compose and no apt-get: cannot validate docker-compose.yml"; exit 1; fi; \
+	fi
+	docker-compose -f docker-compose.yml config -q
+	@echo "docker-compose.yml is valid"
+
+## The failover test alone (kill -9 of a NATS node and a worker on the local cluster).
+test-failover: $(STAMP) postgres
+	$(BIN)/python -m pytest -m cluster tests/test_failover.py $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""Deployment helpers: `deploy.cluster` runs the production shape locally without Docker."""
