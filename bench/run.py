@@ -106,7 +106,7 @@ def start_nats(store: Path) -> tuple[subprocess.Popen, str]:
 def hub_env(url: str, data_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     env.update(HUB_NATS_URL=url, HUB_DATA_DIR=str(data_dir), HUB_HTTP_PORT=str(free_port()),
-               HUB_LOG_LEVEL="WARNING", HUB_AUDIT_KEY="bench-audit-key")
+               HUB_LOG_LEVEL=os.environ.get("BENCH_HUB_LOG_LEVEL", "WARNING"), HUB_AUDIT_KEY="bench-audit-key")
     if os.environ.get("HUB_DATABASE_URL"):
         env["HUB_DATABASE_URL"] = os.environ["HUB_DATABASE_URL"]
     return env

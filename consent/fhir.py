@@ -103,12 +103,16 @@ class ConsentInvalid(ValueError):
 # --- parsing -------------------------------------------------------------------
 
 
-def parse_consent(data: dict[str, Any], *, consent_id: str, version: int) -> ConsentRecord:
+def parse_consent(data: dict[str, Any], *, consent_id: str, version: int, stored: bool = False) -> ConsentRecord:
     """Validate a FHIR R4B Consent and turn it into a `ConsentRecord`.
 
     Raises `ConsentInvalid` listing every structural (FHIR) and hub-rule error
     found. `consent_id` and `version` are the hub's, not the resource's own.
+    `stored`: the resource is one the hub validated when it was written, read
+    back from its own database; it is not validated again (on the hot path).
     """
+    if stored:
+        return _record(data, consent_id, version)
     if not isinstance(data, dict):
         raise ConsentInvalid([FieldError("", "must be a JSON object (a FHIR Consent)")])
     if data.get("resourceType") != "Consent":
@@ -119,7 +123,10 @@ def parse_consent(data: dict[str, Any], *, consent_id: str, version: int) -> Con
     errors = structural + hub
     if errors:
         raise ConsentInvalid(errors)
+    return _record(data, consent_id, version)
 
+
+def _record(data: dict[str, Any], consent_id: str, version: int) -> ConsentRecord:
     patient_id = data["patient"]["identifier"]
     return ConsentRecord(
         id=consent_id,

@@ -23,7 +23,7 @@ def record_from_row(row: Any) -> ConsentRecord:
     key = (row.consent_id, row.version)
     record = _CACHE.get(key)
     if record is None:
-        record = parse_consent(row.resource, consent_id=row.consent_id, version=row.version)
+        record = parse_consent(row.resource, consent_id=row.consent_id, version=row.version, stored=True)
         if row.withdrawn_at is not None:
             record = replace(record, withdrawn_at=row.withdrawn_at)
         _CACHE[key] = record

@@ -26,7 +26,8 @@ from hub.directory import Directory, load_directory
 from hub.nats_server import EmbeddedNats, signal_reload
 from hub.milestones import MilestoneTimer
 from hub.outbox import OutboxRelay
-from hub.pipeline import Deps, parse_subject, poison, process_inbound
+from hub.batching import BatchFailed, GroupCommit
+from hub.pipeline import Deps, parse_subject, poison, process_inbound, process_inbound_batch
 from hub.settings import Settings
 from hub.store import UnitOfWorkFactory
 from hub.streams import (
@@ -128,6 +129,9 @@ class Hub:
         self.js: JetStreamContext
         self.relay: OutboxRelay
         self._tasks: list[asyncio.Task] = []
+        self.batches = GroupCommit(lambda messages: process_inbound_batch(self.deps, messages, via="broker"),
+                                   max_batch=max(settings.inbound_batch, 1) * 2)
+        self._alone = asyncio.Lock()
         self._http: httpx.AsyncClient | None = None
         self.api = create_app(self)
         self.started = False
@@ -142,7 +146,15 @@ class Hub:
         attempt = raw.metadata.num_delivered if raw.metadata else 1
         started = time.perf_counter()
         try:
-            out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
+            try:
+                out = await self.batches.submit(raw.subject, raw.data)
+            except BatchFailed as failed:
+                if isinstance(failed.__cause__, (OperationalError, InterfaceError)):
+                    raise failed.__cause__ from None
+                # Something in the batch failed: this message is tried on its own (one at a
+                # time, so order holds), and only a message that fails alone counts as poison.
+                async with self._alone:
+                    out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
         except Exception as exc:  # noqa: BLE001 - not acked: JetStream redelivers it after a delay
             kind = parse_subject(raw.subject)[0]
             if isinstance(exc, (OperationalError, InterfaceError)):
@@ -168,8 +180,6 @@ class Hub:
         await msg.ack()  # only after the commit
         metrics.PIPELINE_SECONDS.observe(time.perf_counter() - started)
         metrics.EVENTS_IN.labels(parse_subject(raw.subject)[0], out.outcome).inc()
-        log.debug("inbound message %s", out.outcome, extra={"event_id": out.event_id,
-                                                             "dead_letter_id": out.dead_letter_id})
         if out.outcome != "duplicate":
             self.relay.kick()
 
@@ -197,6 +207,7 @@ class Hub:
         if self.role != "api":
             self.milestones = MilestoneTimer(self.deps, interval=self.settings.milestone_poll_s,
                                              on_fired=self.relay.kick)
+            self.batches.start()
             await self.broker.start()
             self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
         self.started = True
@@ -214,6 +225,7 @@ class Hub:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.broker.stop()
+        await self.batches.stop()
         if self._http is not None:
             await self._http.aclose()
         if self.embedded is not None:

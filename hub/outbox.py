@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -80,27 +81,30 @@ class OutboxRelay:
 
     async def drain_once(self) -> bool:
         """One pass; True if it found a full batch (more may be waiting)."""
+        sent = await self._send_broker()
         now = self.clock.now()
         async with self.uow() as uow:
-            broker_rows = await uow.deliveries.due(now, channel="broker", limit=self.batch)
             webhook_recipients = await uow.deliveries.due_recipients(now, channel="webhook")
             letters = await uow.dead_letters.unpublished(limit=100)
         for recipient in webhook_recipients:
             task = self._webhook_tasks.get(recipient)
             if task is None or task.done():
                 self._webhook_tasks[recipient] = asyncio.create_task(self._serve_webhook(recipient))
-        if broker_rows:
-            await self._send_broker(broker_rows)
         if letters:
             await self._publish_dead_letters(letters)
-        return len(broker_rows) >= self.batch
+        return sent >= self.batch
 
-    async def _send_broker(self, rows) -> None:
-        """Consent is decided again, the deliveries still allowed are published,
-        and all are marked, in one transaction: a withdrawal that committed
-        before it is seen; one that commits after it waits for it."""
-        now = self.clock.now()
+    async def _send_broker(self) -> int:
+        """The due broker deliveries are claimed (row locks: another worker's
+        relay skips them), consent is decided again, those still allowed are
+        published, and all are marked, in one transaction: a withdrawal that
+        committed before it is seen; one that commits after it waits for it.
+        Returns how many rows it claimed."""
+        now, started = self.clock.now(), time.perf_counter()
         async with self.uow() as uow:
+            rows = await uow.deliveries.due(now, channel="broker", limit=self.batch, claim=True)
+            if not rows:
+                return 0
             verdicts = await recheck(uow, self.deps, rows, now)
             sending = [(r, v) for r, v in zip(rows, verdicts) if v.send]
             results = await asyncio.gather(
@@ -120,9 +124,11 @@ class OutboxRelay:
                                                     next_at=now + timedelta(seconds=backoff(r.attempts)),
                                                     error=res.error)
             await uow.commit()
+        log.debug("relayed %d broker deliveries in %.1f ms", len(done), 1000 * (time.perf_counter() - started))
         self._made(done, "broker")
         if done and self.on_delivered:
             self.on_delivered([r.delivery_id for r in done])
+        return len(rows)
 
     async def _serve_webhook(self, recipient_id: str) -> None:
         """Deliver one webhook recipient's due rows in order; stop at the first

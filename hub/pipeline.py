@@ -14,6 +14,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import orjson
@@ -25,7 +26,7 @@ from hub.audit import AuditLog
 from hub.clock import Clock
 from hub.directory import Directory
 from hub.gate import GateResult, gate
-from hub.ig import overrides_for
+from hub.ig import Override, overrides_for
 from hub.projection import project
 from hub import metrics
 from hub.absence import Note, chain, plus_days
@@ -34,7 +35,7 @@ from hub.signposting import notice_bundle
 from hub.store import UnitOfWork, UnitOfWorkFactory
 from hub.streams import deliver_subject
 from schemas.events import CanonicalEvent, Facts, FieldError, Rejected
-from schemas.vocab import SOURCE_KINDS, EventType
+from schemas.vocab import CORE_CATEGORY, SOURCE_KINDS, EventType
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +89,73 @@ def check(kind: str, data: bytes, *, org_id: str | None, deps: Deps) -> Canonica
 
 
 async def process_inbound(deps: Deps, subject: str, data: bytes, *, via: str = "broker") -> InboundResult:
-    kind, org_id, errors = parse_subject(subject)
-    if errors:
-        result: CanonicalEvent | Rejected = Rejected(tuple(errors))
-    else:
-        result = check(kind, data, org_id=org_id, deps=deps)
+    (out,) = await process_inbound_batch(deps, [(subject, data)], via=via)
+    return out
+
+
+async def process_inbound_batch(deps: Deps, messages: Sequence[tuple[str, bytes]], *,
+                                via: str = "broker") -> list[InboundResult]:
+    """Several inbound messages, in the order given, in one transaction (group
+    commit): all their outcomes commit together or none does. Each is handled
+    exactly as it would be alone, after the ones before it, so two messages
+    about one person keep their order. Validation runs before the transaction."""
+    checked = []
+    for subject, data in messages:
+        kind, org_id, errors = parse_subject(subject)
+        result = Rejected(tuple(errors)) if errors else check(kind, data, org_id=org_id, deps=deps)
+        checked.append((kind, subject, data, result))
+    out = []
     async with deps.uow() as uow:
-        if isinstance(result, Rejected):
-            out = await _dead_letter(uow, deps, kind, subject, data, result, via)
-        else:
-            out = await _accept(uow, deps, result, subject, data, via)
+        for segment in _segments(checked):
+            events = [r for *_, r in segment if isinstance(r, CanonicalEvent)]
+            pre = await _prefetch(uow, events, deps.clock.now())
+            for kind, subject, data, result in segment:
+                if isinstance(result, Rejected):
+                    out.append(await _dead_letter(uow, deps, kind, subject, data, result, via))
+                else:
+                    out.append(await _accept(uow, deps, result, subject, data, via, pre))
         await uow.commit()
     return out
+
+
+@dataclass
+class Prefetched:
+    """What a run of events about different people needs from the database,
+    read once for the run: known event ids, consents, active break-glass."""
+
+    known: dict[str, str]
+    consents: dict[str, list]
+    overrides: dict[str, list]
+    notes: dict[str, Any]
+
+
+def _segments(checked: list) -> list[list]:
+    """Cut a batch into runs in which no person and no event id appears twice, so
+    each run's reads can be made up front and its writes wait until its end: an
+    event about someone already in the run starts the next one and sees, through
+    the database, everything written before it."""
+    segments: list[list] = [[]]
+    seen: set[str] = set()
+    for item in checked:
+        result = item[-1]
+        keys = {result.event_id, "nhs:" + result.facts.nhs_number} if isinstance(result, CanonicalEvent) else set()
+        if keys & seen:
+            segments.append([])
+            seen = set()
+        segments[-1].append(item)
+        seen |= keys
+    return [s for s in segments if s]
+
+
+async def _prefetch(uow: UnitOfWork, events: list[CanonicalEvent], now: datetime) -> Prefetched:
+    persons = sorted({e.facts.nhs_number for e in events})
+    known = await uow.events.content_hashes([e.event_id for e in events])
+    consents = await uow.consents.for_persons(persons)
+    overrides = {n: [Override(b.break_glass_id, b.recipient_id, b.purpose, b.expires_at, b.justification)
+                     for b in bs] for n, bs in (await uow.break_glass.active_for(persons, now)).items()}
+    notes = await uow.absence.notes([_note_key(e.source_org_id, e.facts.document_id) for e in events
+                                     if e.kind == "fit-note"])
+    return Prefetched(known, consents, overrides, notes)
 
 
 async def poison(deps: Deps, subject: str, data: bytes, *, attempts: int, error: str) -> InboundResult:
@@ -148,8 +204,8 @@ async def _dead_letter(uow: UnitOfWork, deps: Deps, kind: str, subject: str, dat
 
 
 async def _accept(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, subject: str, data: bytes,
-                  via: str) -> InboundResult:
-    known_hash = await uow.events.content_hash(event.event_id)
+                  via: str, pre: Prefetched) -> InboundResult:
+    known_hash = pre.known.get(event.event_id)
     if known_hash is not None:
         if known_hash == event.content_hash:
             return InboundResult("duplicate", event_id=event.event_id)
@@ -164,23 +220,27 @@ async def _accept(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, subject: s
     now = deps.clock.now()
     ctx = Context()
     if event.kind == "fit-note":
-        episode = await _track_absence(uow, deps, event, now)
+        episode = await _track_absence(uow, deps, event, now, pre)
         ctx = Context(
             milestone_passed=episode is not None and episode.milestone_event_id is not None,
             previous_recipients=tuple(await _had_replaced_note(uow, event)),
         )
     elif event.kind == "oh-outcome":
         ctx = await _outcome_context(uow, event)
-    return await persist_event(uow, deps, event, ctx, now=now, via=via)
+    return await persist_event(uow, deps, event, ctx, now=now, via=via, pre=pre)
 
 
 async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx: Context, *, now: datetime,
-                        via: str) -> InboundResult:
+                        via: str, pre: Prefetched | None = None) -> InboundResult:
     """Route, gate, project and record one event: the event row, one decision per
     candidate and category, a delivery (outbox) row per candidate, unroutable and
     signposting records and their audit rows, all in the caller's transaction."""
-    consents = records_from_rows(await uow.consents.for_person(event.facts.nhs_number))
-    overrides = await overrides_for(uow, event.facts.nhs_number, now)
+    nhs = event.facts.nhs_number
+    if pre is not None and nhs in pre.consents:
+        consents, overrides = records_from_rows(pre.consents[nhs]), pre.overrides.get(nhs, [])
+    else:
+        consents = records_from_rows(await uow.consents.for_person(nhs))
+        overrides = await overrides_for(uow, nhs, now)
     plan = route(event, deps.directory, ctx)
     gated = [gate(event, cand, consents, now, overrides) for cand in plan.candidates]
     person = deps.audit.person(event.facts.nhs_number)
@@ -301,29 +361,39 @@ async def _outcome_context(uow: UnitOfWork, event: CanonicalEvent) -> Context:
     return Context(gp_practice_id=latest.source_org_id if latest else None, referral_employer_id=employer_id)
 
 
-async def _track_absence(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, now: datetime):
+async def _track_absence(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, now: datetime, pre: Prefetched):
     """Record the note, re-chain the person's episodes, fire any milestone now due;
     return the episode row this note belongs to (None if it is not a not-fit note)."""
     f = event.facts
     key = _note_key(event.source_org_id, f.document_id)
-    existing = await uow.absence.note(key)
+    existing = pre.notes.get(key)
+    not_fit = f.assessment == "not-fit"
+    if existing is None and not not_fit and not f.replaces:
+        # A first note that is not a not-fit note cannot change the person's episodes:
+        # it is recorded (a later version may be not-fit) and nothing else is due.
+        await uow.absence.put_note(_note_row(event, key, None, now), new=True)
+        return None
     if existing is None or existing.version <= (f.version or 1):
-        await uow.absence.put_note({
-            "note_key": key, "nhs_number": f.nhs_number, "version": f.version or 1, "event_id": event.event_id,
-            "start_on": f.period_start, "end_on": f.period_end, "not_fit": f.assessment == "not-fit",
-            "superseded": False, "episode_id": existing.episode_id if existing else None,
-            "arrived_at": existing.arrived_at if existing else now,
-        })
+        await uow.absence.put_note(_note_row(event, key, existing, now), new=existing is None)
     if f.replaces:
         await uow.absence.supersede(_note_key(event.source_org_id, f.replaces))
     await rechain(uow, f.nhs_number, now)
-    for due in await uow.absence.due(now):
-        if due.nhs_number == f.nhs_number:
-            await fire_milestone(uow, deps, due, now, latest=event)
+    for due in await uow.absence.due(now, nhs_number=f.nhs_number):
+        await fire_milestone(uow, deps, due, now, latest=event)
     note = await uow.absence.note(key)
     if note is None or note.episode_id is None:
         return None
     return next((e for e in await uow.absence.episodes(f.nhs_number) if e.episode_id == note.episode_id), None)
+
+
+def _note_row(event: CanonicalEvent, key: str, existing: Any, now: datetime) -> dict:
+    f = event.facts
+    return {
+        "note_key": key, "nhs_number": f.nhs_number, "version": f.version or 1, "event_id": event.event_id,
+        "start_on": f.period_start, "end_on": f.period_end, "not_fit": f.assessment == "not-fit",
+        "superseded": False, "episode_id": existing.episode_id if existing else None,
+        "arrived_at": existing.arrived_at if existing else now,
+    }
 
 
 async def rechain(uow: UnitOfWork, nhs_number: str, now: datetime) -> None:
@@ -448,8 +518,6 @@ async def recheck(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime) -
     persons = sorted({r.nhs_number for r in rows if r.purpose != "signposting"})
     await uow.lock_persons(persons, exclusive=False)
     consents = {n: records_from_rows(rs) for n, rs in (await uow.consents.for_persons(persons)).items()}
-    from hub.ig import Override
-
     overrides = {n: [Override(b.break_glass_id, b.recipient_id, b.purpose, b.expires_at, b.justification)
                      for b in bs] for n, bs in (await uow.break_glass.active_for(persons, now)).items()}
     heads = await uow.events.heads([r.event_id for r in rows])
@@ -504,6 +572,4 @@ _RECHECK_NS = uuid.UUID("8c3f0a7e-52d4-4f2b-b6a9-1e0d3c4b5a61")
 
 
 def _core(event: CanonicalEvent) -> str:
-    from schemas.vocab import CORE_CATEGORY
-
     return CORE_CATEGORY[event.event_type].value

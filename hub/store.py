@@ -7,6 +7,7 @@ at-least-once delivery).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -15,14 +16,87 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.util import find_tables
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hub import tables as t
 from hub.audit_chain import chain_hash
 
 
-class _Repo:
+# Inserts into these tables wait in memory (in this order, for the foreign keys)
+# until a statement that could see them runs, or the unit of work commits: a
+# batch of events is written with one multi-row INSERT per table. Statements on
+# the INDEPENDENT tables never see them, so they do not end the wait.
+BUFFERED = ("events", "decisions", "deliveries", "unroutable", "absence_notes", "audit")
+INDEPENDENT = frozenset({"consents", "consent_versions", "break_glass", "absence_episodes",
+                         "credentials", "dead_letters", "person_seq", "leases"})
+
+
+class _Conn:
+    """A unit of work's connection: the repositories' only way to the database.
+    Read-your-writes holds: any statement that touches a table with rows still
+    waiting to be inserted (or that cannot be shown not to) inserts them first."""
+
     def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._pending: dict[str, list[dict]] = {name: [] for name in BUFFERED}
+        self._waiting = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def defer(self, table: str, rows: Sequence[dict]) -> None:
+        if rows:
+            self._pending[table].extend(rows)
+            self._waiting = True
+
+    async def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
+        if self._waiting and not _independent(statement):
+            await self.flush()
+        return await self._conn.execute(statement, *args, **kw)
+
+    async def flush(self) -> None:
+        if not self._waiting:
+            return
+        self._waiting = False
+        pending, self._pending = self._pending, {name: [] for name in BUFFERED}
+        for name in BUFFERED[:-1]:
+            if pending[name]:
+                await self._conn.execute(insert(t.metadata.tables[name]), pending[name])
+        if pending["audit"]:
+            await _append_audit(self._conn, pending["audit"])
+
+
+def _independent(statement: Any) -> bool:
+    try:
+        names = {tb.name for tb in find_tables(statement, include_crud=True)}
+    except Exception:  # noqa: BLE001 - anything unusual: assume it may see the waiting rows
+        return False
+    return names <= INDEPENDENT
+
+
+async def _append_audit(conn: AsyncConnection, rows: Sequence[dict]) -> None:
+    """Chain and insert audit rows. The head row is locked for the rest of the
+    transaction (SQLite's write lock already serialises writers), so concurrent
+    writers take turns and the chain never forks."""
+    head_q = select(t.audit_head).where(t.audit_head.c.id == 1)
+    if conn.dialect.name != "sqlite":
+        head_q = head_q.with_for_update()
+    head = (await conn.execute(head_q)).one()
+    seq, prev = head.seq, head.hash
+    chained = []
+    for row in rows:
+        seq += 1
+        full = {"seq": seq, **row}
+        digest = chain_hash(prev, full)
+        chained.append({**full, "prev_hash": prev, "hash": digest})
+        prev = digest
+    await conn.execute(insert(t.audit), chained)
+    await conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=seq, hash=prev))
+
+
+class _Repo:
+    def __init__(self, conn: "_Conn") -> None:
         self.conn = conn
 
 
@@ -39,6 +113,14 @@ class Events(_Repo):
         res = await self.conn.execute(select(t.events).where(t.events.c.event_id == event_id))
         return res.first()
 
+    async def content_hashes(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """event id -> content hash, for those of these events already recorded."""
+        if not event_ids:
+            return {}
+        c = t.events.c
+        q = select(c.event_id, c.content_hash).where(c.event_id.in_(list(set(event_ids))))
+        return dict((await self.conn.execute(q)).all())
+
     async def content_hash(self, event_id: str) -> str | None:
         res = await self.conn.execute(
             select(t.events.c.content_hash).where(t.events.c.event_id == event_id)
@@ -46,7 +128,7 @@ class Events(_Repo):
         return res.scalar_one_or_none()
 
     async def add(self, row: dict) -> None:
-        await self.conn.execute(insert(t.events), [row])
+        self.conn.defer("events", [row])
 
     async def latest_fit_note(self, nhs_number: str) -> Any | None:
         """The person's most recently received fit-note event."""
@@ -82,8 +164,7 @@ class Events(_Repo):
 
 class Decisions(_Repo):
     async def add_many(self, rows: Sequence[dict]) -> None:
-        if rows:
-            await self.conn.execute(insert(t.decisions), list(rows))
+        self.conn.defer("decisions", rows)
 
     async def search(
         self,
@@ -110,8 +191,13 @@ class Decisions(_Repo):
 
 class Deliveries(_Repo):
     async def add_many(self, rows: Sequence[dict]) -> None:
-        if rows:
-            await self.conn.execute(insert(t.deliveries), list(rows))
+        self.conn.defer("deliveries", rows)
+
+    @staticmethod
+    def _due_state():
+        """Only a delivery still waiting to go may change state this way: a relay
+        never turns one another relay has delivered back into a retry."""
+        return t.deliveries.c.state.in_(("pending", "retrying"))
 
     @staticmethod
     def _due(now: datetime):
@@ -119,8 +205,10 @@ class Deliveries(_Repo):
         return or_(c.state == "pending", and_(c.state == "retrying", c.next_attempt_at <= now))
 
     async def due(self, now: datetime, *, channel: str, recipient_id: str | None = None,
-                  limit: int = 200) -> list[Any]:
-        """Deliveries to attempt now on one channel, oldest first (seq keeps per-recipient order)."""
+                  limit: int = 200, claim: bool = False) -> list[Any]:
+        """Deliveries to attempt now on one channel, oldest first (seq keeps per-recipient order).
+        With `claim`, the rows are locked for this transaction and rows another
+        worker's relay holds are skipped (PostgreSQL; SQLite has one writer anyway)."""
         c = t.deliveries.c
         q = (
             select(c.seq, c.delivery_id, c.event_id, c.recipient_id, c.channel, c.address,
@@ -132,6 +220,8 @@ class Deliveries(_Repo):
         )
         if recipient_id:
             q = q.where(c.recipient_id == recipient_id)
+        if claim and self.conn.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
         return list((await self.conn.execute(q)).all())
 
     async def due_recipients(self, now: datetime, *, channel: str) -> list[str]:
@@ -145,7 +235,7 @@ class Deliveries(_Repo):
             c = t.deliveries.c
             await self.conn.execute(
                 update(t.deliveries)
-                .where(c.delivery_id.in_(ids))
+                .where(c.delivery_id.in_(ids), self._due_state())
                 .values(state="delivered", delivered_at=at, payload=None, last_error=None,
                         attempts=c.attempts + 1)
             )
@@ -191,7 +281,7 @@ class Deliveries(_Repo):
         c = t.deliveries.c
         await self.conn.execute(
             update(t.deliveries)
-            .where(c.delivery_id == delivery_id)
+            .where(c.delivery_id == delivery_id, self._due_state())
             .values(state="retrying", attempts=attempts, next_attempt_at=next_at, last_error=error)
         )
 
@@ -214,8 +304,7 @@ class Deliveries(_Repo):
 
 class Unroutable(_Repo):
     async def add_many(self, rows: Sequence[dict]) -> None:
-        if rows:
-            await self.conn.execute(insert(t.unroutable), list(rows))
+        self.conn.defer("unroutable", rows)
 
     async def search(self, *, event_id: str | None = None, limit: int = 500) -> list[Any]:
         q = _matching(select(t.unroutable), t.unroutable, event_id=event_id)
@@ -237,10 +326,17 @@ class Absence(_Repo):
     async def note(self, note_key: str) -> Any | None:
         return (await self.conn.execute(select(t.absence_notes).where(t.absence_notes.c.note_key == note_key))).first()
 
-    async def put_note(self, row: dict) -> None:
+    async def notes(self, note_keys: Sequence[str]) -> dict[str, Any]:
+        if not note_keys:
+            return {}
+        q = select(t.absence_notes).where(t.absence_notes.c.note_key.in_(list(set(note_keys))))
+        return {r.note_key: r for r in (await self.conn.execute(q)).all()}
+
+    async def put_note(self, row: dict, *, new: bool | None = None) -> None:
+        """Insert or replace a note (`new`: the caller already knows which)."""
         c = t.absence_notes.c
-        if await self.note(row["note_key"]) is None:
-            await self.conn.execute(insert(t.absence_notes), [row])
+        if new if new is not None else await self.note(row["note_key"]) is None:
+            self.conn.defer("absence_notes", [row])
         else:
             await self.conn.execute(update(t.absence_notes).where(c.note_key == row["note_key"]).values(**row))
 
@@ -279,11 +375,11 @@ class Absence(_Repo):
             await self.conn.execute(t.absence_episodes.delete().where(
                 c.episode_id.in_(list(episode_ids)), c.milestone_event_id.is_(None)))
 
-    async def due(self, now: datetime, limit: int = 100) -> list[Any]:
+    async def due(self, now: datetime, limit: int = 100, nhs_number: str | None = None) -> list[Any]:
         c = t.absence_episodes.c
-        q = (select(t.absence_episodes)
-             .where(c.milestone_due_at <= now, c.milestone_event_id.is_(None))
-             .order_by(c.milestone_due_at).limit(limit))
+        q = _matching(select(t.absence_episodes)
+                      .where(c.milestone_due_at <= now, c.milestone_event_id.is_(None))
+                      .order_by(c.milestone_due_at).limit(limit), t.absence_episodes, nhs_number=nhs_number)
         if self.conn.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
         return list((await self.conn.execute(q)).all())
@@ -460,25 +556,8 @@ class Audit(_Repo):
     """The append-only, hash-chained audit trail (see hub.audit_chain)."""
 
     async def append_many(self, rows: Sequence[dict]) -> None:
-        """Chain and insert rows. The head row is locked for the rest of the
-        transaction (SQLite's write lock already serialises writers), so
-        concurrent writers take turns and the chain never forks."""
-        if not rows:
-            return
-        head_q = select(t.audit_head).where(t.audit_head.c.id == 1)
-        if self.conn.dialect.name != "sqlite":
-            head_q = head_q.with_for_update()
-        head = (await self.conn.execute(head_q)).one()
-        seq, prev = head.seq, head.hash
-        chained = []
-        for row in rows:
-            seq += 1
-            full = {"seq": seq, **row}
-            digest = chain_hash(prev, full)
-            chained.append({**full, "prev_hash": prev, "hash": digest})
-            prev = digest
-        await self.conn.execute(insert(t.audit), chained)
-        await self.conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=seq, hash=prev))
+        """Chained and inserted with the unit of work's other waiting rows (see _Conn)."""
+        self.conn.defer("audit", list(rows))
 
     async def head(self) -> Any:
         return (await self.conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1))).one()
@@ -510,18 +589,26 @@ class UnitOfWork:
     """`async with uow_factory() as uow: ...; await uow.commit()` — one transaction.
     Leaving the block without commit rolls back."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, writer: asyncio.Lock | None = None) -> None:
         self._engine = engine
+        self._writer = writer
         self.conn: AsyncConnection
 
     async def __aenter__(self) -> "UnitOfWork":
-        self.conn = await self._engine.connect()
+        if self._writer is not None:
+            await self._writer.acquire()
         try:
-            await self.conn.begin()
+            self._raw = await self._engine.connect()
         except BaseException:
-            await self.conn.close()  # give the connection back: a locked database must not leak it
+            self._release()
             raise
-        c = self.conn
+        try:
+            await self._raw.begin()
+        except BaseException:
+            await self._raw.close()  # give the connection back: a locked database must not leak it
+            self._release()
+            raise
+        c = self.conn = _Conn(self._raw)
         self.events = Events(c)
         self.decisions = Decisions(c)
         self.deliveries = Deliveries(c)
@@ -546,26 +633,53 @@ class UnitOfWork:
         for n in sorted(set(nhs_numbers)):
             await self.conn.execute(select(getattr(func, fn)(func.hashtext(n))))
 
+    async def flush(self) -> None:
+        """Write the rows still waiting in memory (commit does this itself)."""
+        await self.conn.flush()
+
     async def commit(self) -> None:
-        await self.conn.commit()
+        await self.conn.flush()
+        await self._raw.commit()
 
     async def rollback(self) -> None:
-        await self.conn.rollback()
+        self.conn = _Conn(self._raw)  # what was waiting is dropped with the rest
+        await self._raw.rollback()
 
     async def __aexit__(self, *exc: object) -> None:
         try:
-            if self.conn.in_transaction():
-                await self.conn.rollback()
+            if self._raw.in_transaction():
+                await self._raw.rollback()
         finally:
-            await self.conn.close()
+            try:
+                await self._raw.close()
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        if self._writer is not None and self._writer.locked():
+            self._writer.release()
 
 
 class UnitOfWorkFactory:
+    """Makes units of work. On SQLite every transaction takes the database's one
+    write lock (BEGIN IMMEDIATE); within a process they queue here on an asyncio
+    lock instead, first come first served, rather than in SQLite's busy handler,
+    which sleeps and polls. PostgreSQL needs no such queue."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._serialise = engine.dialect.name == "sqlite"
+        self._writers: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
     def __call__(self) -> UnitOfWork:
-        return UnitOfWork(self.engine)
+        writer = None
+        if self._serialise:
+            loop = asyncio.get_running_loop()
+            writer = self._writers.get(loop)
+            if writer is None:
+                self._writers.clear()  # a new event loop (tests): the old loop's lock is gone with it
+                writer = self._writers[loop] = asyncio.Lock()
+        return UnitOfWork(self.engine, writer)
 
 
 def person_ref(key: bytes, nhs_number: str) -> str:
