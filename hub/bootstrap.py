@@ -7,11 +7,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream import AckPolicy, Context
+from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats.message import NatsBatchMessage
 from faststream.security import SASLPlaintext
 from sqlalchemy.exc import InterfaceError, OperationalError
 from nats.js import JetStreamContext
@@ -26,7 +27,6 @@ from hub.directory import Directory, load_directory
 from hub.nats_server import EmbeddedNats, signal_reload
 from hub.milestones import MilestoneTimer
 from hub.outbox import OutboxRelay
-from hub.batching import BatchFailed, GroupCommit
 from hub.pipeline import Deps, parse_subject, poison, process_inbound, process_inbound_batch
 from hub.settings import Settings
 from hub.store import UnitOfWorkFactory
@@ -43,8 +43,36 @@ from hub.streams import (
 log = logging.getLogger(__name__)
 
 
+def _fetch_timeouts_as_nats_errors() -> None:
+    """Compatibility shim (nats-py 2.16 with FastStream 0.7): a pull `fetch` can
+    end with the built-in TimeoutError where FastStream's batch consumer catches
+    only nats.errors.TimeoutError (its subclass), so the consumer task dies and
+    waits for FastStream's supervisor to restart it: seconds of stalled input.
+    Translated here, once, at the edge."""
+    from nats.errors import TimeoutError as NatsTimeout
+    from nats.js.client import JetStreamContext as _JS
+
+    original = _JS.PullSubscription.fetch
+    if getattr(original, "_hub_shim", False):
+        return
+
+    async def fetch(self, *args: Any, **kwargs: Any):
+        try:
+            return await original(self, *args, **kwargs)
+        except NatsTimeout:
+            raise
+        except TimeoutError as exc:
+            raise NatsTimeout from exc
+
+    fetch._hub_shim = True  # type: ignore[attr-defined]
+    _JS.PullSubscription.fetch = fetch
+
+
+_fetch_timeouts_as_nats_errors()
+
+
 def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | None",
-                 on_inbound: Callable[[NatsMessage], Awaitable[None]]) -> NatsBroker:
+                 on_inbound: Callable[[NatsBatchMessage], Awaitable[None]]) -> NatsBroker:
     """The FastStream broker: the inbound subscriber, and the delivery and
     dead-letter subjects declared as publishers so the AsyncAPI document
     describes the whole broker side."""
@@ -62,7 +90,9 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
         stream=JStream(INBOUND_STREAM, declare=False),
         durable=INBOUND_CONSUMER,
         config=inbound_consumer_config(),
-        pull_sub=PullSub(batch_size=settings.inbound_batch, timeout=1.0),
+        # batch=True: one handler call per pull batch, its messages in stream order. FastStream
+        # fills a batch for at most inbound_batch_wait_s, which bounds the latency it adds.
+        pull_sub=PullSub(batch_size=settings.inbound_batch, timeout=settings.inbound_batch_wait_s, batch=True),
         ack_policy=AckPolicy.MANUAL,
         title="hub.inbound.{kind}.{org_id}",
         description="Source messages published by GP and hospital systems, referrers, the Access to Work "
@@ -71,7 +101,7 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
                     "Payloads: the JSON Schemas in schemas/json/. A message that breaks a field rule "
                     "goes, unchanged, to hub.dlq.{kind}.",
     )
-    async def on_inbound_message(msg: NatsMessage) -> None:
+    async def on_inbound_message(msg: Annotated[NatsBatchMessage, Context("message")]) -> None:
         await on_inbound(msg)
 
     broker.publisher(
@@ -129,9 +159,7 @@ class Hub:
         self.js: JetStreamContext
         self.relay: OutboxRelay
         self._tasks: list[asyncio.Task] = []
-        self.batches = GroupCommit(lambda messages: process_inbound_batch(self.deps, messages, via="broker"),
-                                   max_batch=max(settings.inbound_batch, 1) * 2)
-        self._alone = asyncio.Lock()
+        self.largest_batch = 0  # the most inbound messages one transaction has taken so far
         self._http: httpx.AsyncClient | None = None
         self.api = create_app(self)
         self.started = False
@@ -141,33 +169,57 @@ class Hub:
     def _build_broker(self) -> NatsBroker:
         return build_broker(self.settings, self.identity, self.handle_inbound)
 
-    async def handle_inbound(self, msg: NatsMessage) -> None:
-        raw = msg.raw_message
-        attempt = raw.metadata.num_delivered if raw.metadata else 1
+    async def handle_inbound(self, batch: NatsBatchMessage) -> None:
+        """One pull batch, in stream order, in one transaction (group commit):
+        acked only after it committed. Two messages about one person are thus
+        never reordered within a worker. If the batch fails, each message is
+        handled on its own, in order, so one bad message cannot hold back or
+        poison the rest."""
+        raws = list(batch.raw_message)
+        self.largest_batch = max(self.largest_batch, len(raws))
         started = time.perf_counter()
         try:
-            try:
-                out = await self.batches.submit(raw.subject, raw.data)
-            except BatchFailed as failed:
-                if isinstance(failed.__cause__, (OperationalError, InterfaceError)):
-                    raise failed.__cause__ from None
-                # Something in the batch failed: this message is tried on its own (one at a
-                # time, so order holds), and only a message that fails alone counts as poison.
-                async with self._alone:
-                    out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
+            outs = await process_inbound_batch(self.deps, [(m.subject, m.data) for m in raws], via="broker")
+        except (OperationalError, InterfaceError) as exc:
+            # The database is unavailable or locked: no message is at fault, so this never
+            # counts towards parking one as poison.
+            log.warning("database unavailable (%s); %d inbound messages will be redelivered",
+                        type(exc).__name__, len(raws))
+            for m in raws:
+                await m.nak(delay=2.0)
+            return
+        except Exception as exc:  # noqa: BLE001 - find the message at fault: each alone
+            log.warning("inbound batch of %d failed (%s); handling each message alone", len(raws),
+                        type(exc).__name__)
+            for m in raws:
+                await self._handle_alone(m)
+            self.relay.kick()
+            return
+        for m, out in zip(raws, outs):
+            await m.ack()  # only after the commit
+            metrics.EVENTS_IN.labels(parse_subject(m.subject)[0], out.outcome).inc()
+        metrics.PIPELINE_SECONDS.observe(time.perf_counter() - started)
+        log.debug("committed %d inbound messages in %.1f ms", len(raws), 1000 * (time.perf_counter() - started))
+        if any(out.outcome != "duplicate" for out in outs):
+            self.relay.kick()
+
+    async def _handle_alone(self, raw: Any) -> None:
+        """One inbound message in its own transaction; a failure is retried with
+        back-off, and after HUB_INBOUND_MAX_ATTEMPTS the message is dead-lettered."""
+        attempt = raw.metadata.num_delivered if raw.metadata else 1
+        kind = parse_subject(raw.subject)[0]
+        try:
+            out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
         except Exception as exc:  # noqa: BLE001 - not acked: JetStream redelivers it after a delay
-            kind = parse_subject(raw.subject)[0]
             if isinstance(exc, (OperationalError, InterfaceError)):
-                # The database is unavailable or locked: the message is not at fault, so this
-                # never counts towards parking it as poison.
                 log.warning("database unavailable (%s); inbound %s message will be redelivered",
                             type(exc).__name__, kind)
-                await msg.nack(delay=2.0)
+                await raw.nak(delay=2.0)
                 return
             if attempt < self.settings.inbound_max_attempts:
                 log.warning("inbound %s message failed (attempt %d of %d, %s); will be redelivered",
                             kind, attempt, self.settings.inbound_max_attempts, type(exc).__name__)
-                await msg.nack(delay=min(30.0, 0.5 * 2 ** attempt))
+                await raw.nak(delay=min(30.0, 0.5 * 2 ** attempt))
                 return
             # A poison message: park it with the dead letters so it never blocks the stream.
             log.error("inbound %s message failed %d times (%s); dead-lettered", kind, attempt, type(exc).__name__)
@@ -175,13 +227,10 @@ class Hub:
                 out = await poison(self.deps, raw.subject, raw.data, attempts=attempt, error=type(exc).__name__)
             except Exception:  # noqa: BLE001 - the database itself is failing: try again later
                 log.exception("could not dead-letter a poison message; will be redelivered")
-                await msg.nack(delay=30.0)
+                await raw.nak(delay=30.0)
                 return
-        await msg.ack()  # only after the commit
-        metrics.PIPELINE_SECONDS.observe(time.perf_counter() - started)
-        metrics.EVENTS_IN.labels(parse_subject(raw.subject)[0], out.outcome).inc()
-        if out.outcome != "duplicate":
-            self.relay.kick()
+        await raw.ack()  # only after the commit
+        metrics.EVENTS_IN.labels(kind, out.outcome).inc()
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -207,7 +256,6 @@ class Hub:
         if self.role != "api":
             self.milestones = MilestoneTimer(self.deps, interval=self.settings.milestone_poll_s,
                                              on_fired=self.relay.kick)
-            self.batches.start()
             await self.broker.start()
             self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
         self.started = True
@@ -225,7 +273,6 @@ class Hub:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.broker.stop()
-        await self.batches.stop()
         if self._http is not None:
             await self._http.aclose()
         if self.embedded is not None:

@@ -25,15 +25,27 @@ class DeliveryFailed(Exception):
     retry_after: float | None = None
 
 
+SEQUENCE_HEADER = "Hub-Person-Seq"
+
+
+def sequence_header(person_seq: int | None, prefix: str = "") -> dict[str, str]:
+    """The person's sequence number of the event a delivery carries (broker:
+    Hub-Person-Seq, webhook: X-Hub-Person-Seq): increasing per person in the order
+    the hub accepted their events, the same on every retry, so a recipient can
+    put what it gets about one person in order. Numbers of events it was not
+    sent are missing, so gaps are normal."""
+    return {prefix + SEQUENCE_HEADER: str(person_seq)} if person_seq is not None else {}
+
+
 class BrokerChannel:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
 
-    async def send(self, delivery_id: str, address: str, payload: bytes) -> None:
+    async def send(self, delivery_id: str, address: str, payload: bytes, person_seq: int | None = None) -> None:
         try:
             await self.js.publish(
                 address, payload, stream=DELIVER_STREAM, timeout=5,
-                headers={"Nats-Msg-Id": delivery_id, "Content-Type": FHIR_JSON},
+                headers={"Nats-Msg-Id": delivery_id, "Content-Type": FHIR_JSON, **sequence_header(person_seq)},
             )
         except Exception as exc:  # noqa: BLE001 - every broker failure is retried
             raise DeliveryFailed(f"broker publish failed: {type(exc).__name__}") from exc
@@ -52,9 +64,10 @@ class WebhookChannel:
         digest = hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
         return {"X-Hub-Signature-256": f"sha256={digest}"}
 
-    async def send(self, delivery_id: str, recipient_id: str, url: str, payload: bytes) -> None:
+    async def send(self, delivery_id: str, recipient_id: str, url: str, payload: bytes,
+                   person_seq: int | None = None) -> None:
         headers = {"Content-Type": FHIR_JSON, "X-Request-ID": delivery_id,
-                   **self._signature(recipient_id, payload)}
+                   **self._signature(recipient_id, payload), **sequence_header(person_seq, "X-")}
         try:
             resp = await self.client.post(url, content=payload, headers=headers)
         except httpx.HTTPError as exc:

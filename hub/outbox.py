@@ -108,7 +108,7 @@ class OutboxRelay:
             verdicts = await recheck(uow, self.deps, rows, now)
             sending = [(r, v) for r, v in zip(rows, verdicts) if v.send]
             results = await asyncio.gather(
-                *(self.broker.send(r.delivery_id, r.address, v.payload) for r, v in sending),
+                *(self.broker.send(r.delivery_id, r.address, v.payload, r.person_seq) for r, v in sending),
                 return_exceptions=True)
             done = [r for (r, _v), res in zip(sending, results) if res is None]
             await uow.deliveries.mark_delivered([r.delivery_id for r in done], now)
@@ -147,7 +147,7 @@ class OutboxRelay:
                 if not verdict.send:
                     continue
                 try:
-                    await self.webhook.send(r.delivery_id, r.recipient_id, r.address, verdict.payload)
+                    await self.webhook.send(r.delivery_id, r.recipient_id, r.address, verdict.payload, r.person_seq)
                 except DeliveryFailed as exc:
                     await self._webhook_failed(r, exc)
                     return

@@ -127,6 +127,11 @@ class Prefetched:
     consents: dict[str, list]
     overrides: dict[str, list]
     notes: dict[str, Any]
+    seqs: dict[str, int]
+
+    def take_seq(self, nhs_number: str) -> int | None:
+        """The person's sequence number taken for this run, once."""
+        return self.seqs.pop(nhs_number, None)
 
 
 def _segments(checked: list) -> list[list]:
@@ -155,7 +160,8 @@ async def _prefetch(uow: UnitOfWork, events: list[CanonicalEvent], now: datetime
                      for b in bs] for n, bs in (await uow.break_glass.active_for(persons, now)).items()}
     notes = await uow.absence.notes([_note_key(e.source_org_id, e.facts.document_id) for e in events
                                      if e.kind == "fit-note"])
-    return Prefetched(known, consents, overrides, notes)
+    seqs = await uow.person_seq.next([e.facts.nhs_number for e in events if e.event_id not in known])
+    return Prefetched(known, consents, overrides, notes, seqs)
 
 
 async def poison(deps: Deps, subject: str, data: bytes, *, attempts: int, error: str) -> InboundResult:
@@ -236,6 +242,7 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
     candidate and category, a delivery (outbox) row per candidate, unroutable and
     signposting records and their audit rows, all in the caller's transaction."""
     nhs = event.facts.nhs_number
+    seq = (pre.take_seq(nhs) if pre is not None else None) or (await uow.person_seq.next([nhs]))[nhs]
     if pre is not None and nhs in pre.consents:
         consents, overrides = records_from_rows(pre.consents[nhs]), pre.overrides.get(nhs, [])
     else:
@@ -260,6 +267,7 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
         "facts": _facts_json(event),
         "bundle": orjson.dumps(event.bundle),
         "received_at": now,
+        "person_seq": seq,
     })
     decision_rows, delivery_rows, audit_rows = [], [], [
         deps.audit.row("event.accepted", actor=event.source_org_id, at=now, ref=event.event_id,
@@ -268,7 +276,7 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
     ]
     for g in gated:
         decision_rows.extend(_decision_rows(event, g, now))
-        delivery = _delivery_row(event, g, now)
+        delivery = _delivery_row(event, g, now, seq)
         delivery_rows.append(delivery)
         audit_rows.append(deps.audit.row(
             "delivery.queued" if g.deliver else "delivery.withheld",
@@ -288,7 +296,7 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
         for r in unroutable_rows
     )
     if plan.signpost is not None:
-        notice = _signpost(deps, event, plan.signpost, now)
+        notice = _signpost(deps, event, plan.signpost, now, seq)
         if notice is not None:
             delivery_rows.append(notice)
         await uow.signposting.add({
@@ -315,7 +323,7 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
     return InboundResult("accepted", event_id=event.event_id, deliveries=sent, withheld=len(gated) - sent)
 
 
-def _signpost(deps: Deps, event: CanonicalEvent, reason: str, now: datetime) -> dict | None:
+def _signpost(deps: Deps, event: CanonicalEvent, reason: str, now: datetime, seq: int) -> dict | None:
     """Tell the referrer, on its own delivery channel, that its referral had nowhere to go."""
     referrer = deps.directory.get(event.facts.referrer_org_id)
     if referrer is None or referrer.delivery is None:
@@ -329,7 +337,7 @@ def _signpost(deps: Deps, event: CanonicalEvent, reason: str, now: datetime) -> 
         "nhs_number": event.facts.nhs_number, "recipient_id": referrer.id, "recipient_type": referrer.type,
         "purpose": "signposting", "channel": referrer.delivery.channel, "address": address, "state": "pending",
         "categories": [], "decision_ids": [], "reason": f"Signposting notice: {reason}",
-        "payload": orjson.dumps(bundle), "attempts": 0, "created_at": now,
+        "payload": orjson.dumps(bundle), "attempts": 0, "created_at": now, "person_seq": seq,
     }
 
 
@@ -379,7 +387,7 @@ async def _track_absence(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, now
         await uow.absence.supersede(_note_key(event.source_org_id, f.replaces))
     await rechain(uow, f.nhs_number, now)
     for due in await uow.absence.due(now, nhs_number=f.nhs_number):
-        await fire_milestone(uow, deps, due, now, latest=event)
+        await fire_milestone(uow, deps, due, now, latest=event, pre=pre)
     note = await uow.absence.note(key)
     if note is None or note.episode_id is None:
         return None
@@ -416,7 +424,7 @@ async def rechain(uow: UnitOfWork, nhs_number: str, now: datetime) -> None:
 
 
 async def fire_milestone(uow: UnitOfWork, deps: Deps, episode: Any, now: datetime,
-                         latest: CanonicalEvent | None = None) -> InboundResult | None:
+                         latest: CanonicalEvent | None = None, pre: Prefetched | None = None) -> InboundResult | None:
     """Emit the one absence-milestone event of an episode, in the caller's transaction."""
     if latest is not None:
         facts, bundle = latest.facts, latest.bundle
@@ -438,7 +446,7 @@ async def fire_milestone(uow: UnitOfWork, deps: Deps, episode: Any, now: datetim
     await uow.absence.mark_fired(episode.episode_id, event.event_id)
     if await uow.events.content_hash(event.event_id) is not None:
         return InboundResult("duplicate", event_id=event.event_id)
-    return await persist_event(uow, deps, event, Context(), now=now, via="timer")
+    return await persist_event(uow, deps, event, Context(), now=now, via="timer", pre=pre)
 
 
 def _facts_json(event: CanonicalEvent) -> dict:
@@ -464,7 +472,7 @@ def _decision_rows(event: CanonicalEvent, g: GateResult, now: datetime) -> list[
     } for cd in g.decisions]
 
 
-def _delivery_row(event: CanonicalEvent, g: GateResult, now: datetime) -> dict:
+def _delivery_row(event: CanonicalEvent, g: GateResult, now: datetime, seq: int) -> dict:
     org = g.candidate.org
     assert org.delivery is not None
     address = deliver_subject(org.id) if org.delivery.channel == "broker" else (org.delivery.url or "")
@@ -490,6 +498,7 @@ def _delivery_row(event: CanonicalEvent, g: GateResult, now: datetime) -> dict:
         "payload": payload,
         "attempts": 0,
         "created_at": now,
+        "person_seq": seq,
     }
 
 

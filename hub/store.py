@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.util import find_tables
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -162,6 +164,21 @@ class Events(_Repo):
         return list((await self.conn.execute(q.order_by(t.events.c.received_at).limit(limit))).all())
 
 
+class PersonSeq(_Repo):
+    async def next(self, nhs_numbers: Sequence[str]) -> dict[str, int]:
+        """The next sequence number of each of these (distinct) people, taken now:
+        one statement, rows locked to the end of the transaction on PostgreSQL, in
+        a fixed order so that two workers never wait for each other in a circle."""
+        people = sorted(set(nhs_numbers))
+        if not people:
+            return {}
+        upsert = (pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert)(t.person_seq)
+        stmt = upsert.on_conflict_do_update(index_elements=["nhs_number"], set_={"seq": t.person_seq.c.seq + 1})
+        c = t.person_seq.c
+        stmt = stmt.values([{"nhs_number": n, "seq": 1} for n in people]).returning(c.nhs_number, c.seq)
+        return dict((await self.conn.execute(stmt)).all())
+
+
 class Decisions(_Repo):
     async def add_many(self, rows: Sequence[dict]) -> None:
         self.conn.defer("decisions", rows)
@@ -213,7 +230,7 @@ class Deliveries(_Repo):
         q = (
             select(c.seq, c.delivery_id, c.event_id, c.recipient_id, c.channel, c.address,
                    c.payload, c.attempts, c.state, c.nhs_number, c.purpose, c.categories, c.decision_ids,
-                   c.created_at)
+                   c.created_at, c.person_seq)
             .where(self._due(now), c.channel == channel)
             .order_by(c.seq)
             .limit(limit)
@@ -610,6 +627,7 @@ class UnitOfWork:
             raise
         c = self.conn = _Conn(self._raw)
         self.events = Events(c)
+        self.person_seq = PersonSeq(c)
         self.decisions = Decisions(c)
         self.deliveries = Deliveries(c)
         self.unroutable = Unroutable(c)

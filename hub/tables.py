@@ -74,6 +74,7 @@ events = Table(
     Column("facts", JSON, nullable=False),
     Column("bundle", LargeBinary, nullable=False),
     Column("received_at", UTC_TS, nullable=False),
+    Column("person_seq", BigInteger),  # see person_seq
 )
 
 decisions = Table(
@@ -117,6 +118,9 @@ deliveries = Table(
     Column("last_error", Text),
     Column("created_at", UTC_TS, nullable=False),
     Column("delivered_at", UTC_TS),
+    # The person's sequence number of the event (see person_seq): sent with the delivery
+    # so that a recipient can put what it gets about one person in order, retries and all.
+    Column("person_seq", BigInteger),
     Index("ix_deliveries_state_seq", "state", "seq"),
     Index("ix_deliveries_recipient_state", "recipient_id", "state"),
 )
@@ -196,6 +200,23 @@ audit = Table(
     Column("detail", JSON),
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
+)
+
+# Per person, the number of the last event accepted about them: each event gets
+# the next one, in the transaction that accepts it.
+person_seq = Table(
+    "person_seq", metadata,
+    Column("nhs_number", NHS, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)
+
+# Work one worker at a time may do (serving one webhook recipient, in order):
+# held until expires_at unless renewed by its holder.
+leases = Table(
+    "leases", metadata,
+    Column("name", String(140), primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("expires_at", UTC_TS, nullable=False),
 )
 
 audit_head = Table(
