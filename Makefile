@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-postgres install browser postgres demo bench clean cluster compose-check test-failover
+.PHONY: run test test-sqlite test-postgres install browser postgres demo bench profile clean cluster compose-check test-failover
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,13 +37,23 @@ postgres:
 	fi
 
 ## The whole suite on a real nats-server and SQLite, then every database-touching test again on PostgreSQL.
-test: test-sqlite test-postgres
+test: test-sqlite test-postgres compose-check
 
-test-sqlite: $(STAMP) browser
+test-sqlite: $(STAMP) browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: $(STAMP) postgres
 	HUB_TEST_DB=postgres $(BIN)/python -m pytest -m db -p no:cacheprovider $(PYTEST_ARGS)
+
+## Benchmarks (never part of `make test`): floor vs hub, latency at offered loads, memory, storage, cold start.
+## Prints a table and writes bench/results.json. BENCH_ARGS="--events 8000" etc.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## Where the hub's time goes on a backlog: py-spy on `hub run` (bench/profile.txt).
+profile: $(STAMP)
+	$(BIN)/python -m pip install --quiet py-spy
+	$(BIN)/python -m bench.profile $(PROFILE_EVENTS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

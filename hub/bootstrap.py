@@ -43,6 +43,23 @@ from hub.streams import (
 log = logging.getLogger(__name__)
 
 
+async def _when_jetstream_answers(step: Callable[[], Awaitable[None]], timeout: float = 60.0) -> None:
+    """Just after a cluster (re)starts, a stream or consumer may have no leader
+    yet and its API calls time out: keep trying for a while rather than exit."""
+    from nats.js.errors import ServiceUnavailableError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await step()
+        except (TimeoutError, ServiceUnavailableError) as exc:
+            if loop.time() > deadline:
+                raise
+            log.warning("JetStream is not answering yet (%s; no leader?); retrying", type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
 def _fetch_timeouts_as_nats_errors() -> None:
     """Compatibility shim (nats-py 2.16 with FastStream 0.7): a pull `fetch` can
     end with the built-in TimeoutError where FastStream's batch consumer catches
@@ -81,7 +98,7 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
     else:
         user, password = settings.nats_user, settings.nats_password
     security = SASLPlaintext(username=user, password=password) if user else None
-    broker = NatsBroker(settings.broker_url, security=security, name="hub",
+    broker = NatsBroker(settings.broker_servers, security=security, name="hub",
                         max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=log,
                         log_level=logging.DEBUG)
 
@@ -247,8 +264,8 @@ class Hub:
             await self.embedded.start()
         await self.broker.connect()
         self.js = self.broker.config.connection_state.stream
-        await ensure_streams(self.js, self.settings)
-        await ensure_recipient_consumers(self.js, self.directory)
+        await _when_jetstream_answers(lambda: ensure_streams(self.js, self.settings))
+        await _when_jetstream_answers(lambda: ensure_recipient_consumers(self.js, self.directory))
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
         self.relay = OutboxRelay(self.deps, self.js, WebhookChannel(self._http, self.directory),
                                  interval=self.settings.relay_interval_s)

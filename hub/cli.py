@@ -187,7 +187,7 @@ def dead_letters_resubmit(
             user, password = ident.user, ident.password
         else:
             user, password = settings.nats_user, settings.nats_password
-        nc = await nats.connect(settings.broker_url, user=user, password=password, connect_timeout=5,
+        nc = await nats.connect(settings.broker_servers, user=user, password=password, connect_timeout=5,
                                 allow_reconnect=False)
         try:
             async with deps.uow() as uow:

@@ -81,7 +81,7 @@ async def _issue(settings: Settings, role: str, org: str | None = None) -> dict:
 async def _connect(settings: Settings, cred: dict, org: str):
     for attempt in range(20):  # the server reloads its users asynchronously after SIGHUP
         try:
-            return await nats.connect(settings.broker_url, user=cred["nats_user"], password=cred["nats_password"],
+            return await nats.connect(settings.broker_servers, user=cred["nats_user"], password=cred["nats_password"],
                                       inbox_prefix=inbox_prefix(org), allow_reconnect=False, connect_timeout=2)
         except Exception:  # noqa: BLE001
             await asyncio.sleep(0.25)

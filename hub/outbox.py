@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -28,6 +29,7 @@ from hub.streams import DLQ_STREAM, dlq_subject
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
+LEASE_TTL = timedelta(seconds=60)  # renewed before every webhook delivery; longer than any one POST
 
 
 def backoff(attempts: int, retry_after: float | None = None) -> float:
@@ -53,6 +55,7 @@ class OutboxRelay:
         self._webhook_tasks: dict[str, asyncio.Task] = {}
         self._stopping = False
         self.on_delivered: Callable[[list[str]], None] | None = None
+        self.holder = f"relay-{uuid.uuid4()}"  # this relay, as a lease holder
 
     def kick(self) -> None:
         self._wake.set()
@@ -132,16 +135,37 @@ class OutboxRelay:
 
     async def _serve_webhook(self, recipient_id: str) -> None:
         """Deliver one webhook recipient's due rows in order; stop at the first
-        failure (it is rescheduled) so order per recipient holds."""
+        failure (it is rescheduled) so order per recipient holds. Only the holder
+        of the recipient's lease does this, so with several workers one serves
+        each recipient at a time (another takes over if it dies)."""
+        lease = f"webhook:{recipient_id}"
+        try:
+            await self._webhook_rows(recipient_id, lease)
+        finally:
+            try:
+                async with self.uow() as uow:
+                    await uow.leases.release(lease, self.holder)
+                    await uow.commit()
+            except Exception:  # noqa: BLE001 - it expires on its own
+                log.warning("could not release lease %s", lease)
+
+    async def _webhook_rows(self, recipient_id: str, lease: str) -> None:
         while True:
             now = self.clock.now()
             async with self.uow() as uow:
+                if not await uow.leases.take(lease, self.holder, now, LEASE_TTL):
+                    return  # another worker is serving this recipient
                 rows = await uow.deliveries.due(now, channel="webhook", recipient_id=recipient_id,
                                                 limit=self.batch)
+                await uow.commit()
             if not rows:
                 return
             for r in rows:
                 async with self.uow() as uow:
+                    if not await uow.leases.take(lease, self.holder, self.clock.now(), LEASE_TTL):
+                        return
+                    if (await uow.deliveries.get(r.delivery_id)).state not in ("pending", "retrying"):
+                        continue  # settled meanwhile (a lease that expired while this worker stalled)
                     (verdict,) = await recheck(uow, self.deps, [r], self.clock.now())
                     await uow.commit()
                 if not verdict.send:

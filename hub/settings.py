@@ -55,3 +55,8 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def broker_servers(self) -> list[str]:
+        """HUB_NATS_URL may list a cluster's nodes, comma-separated."""
+        return [u.strip() for u in self.broker_url.split(",") if u.strip()]

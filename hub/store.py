@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -177,6 +177,27 @@ class PersonSeq(_Repo):
         c = t.person_seq.c
         stmt = stmt.values([{"nhs_number": n, "seq": 1} for n in people]).returning(c.nhs_number, c.seq)
         return dict((await self.conn.execute(stmt)).all())
+
+
+class Leases(_Repo):
+    """Work one worker at a time may do, e.g. serving one webhook recipient in order."""
+
+    async def take(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        """Take or renew the lease; False if another holder has it and it has not expired."""
+        c = t.leases.c
+        until = now + ttl
+        res = await self.conn.execute(update(t.leases).where(c.name == name, or_(c.holder == holder, c.expires_at <= now))
+                                      .values(holder=holder, expires_at=until))
+        if res.rowcount:
+            return True
+        insert_ = (pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert)(t.leases)
+        res = await self.conn.execute(insert_.values(name=name, holder=holder, expires_at=until)
+                                      .on_conflict_do_nothing(index_elements=["name"]))
+        return bool(res.rowcount)
+
+    async def release(self, name: str, holder: str) -> None:
+        c = t.leases.c
+        await self.conn.execute(t.leases.delete().where(c.name == name, c.holder == holder))
 
 
 class Decisions(_Repo):
@@ -628,6 +649,7 @@ class UnitOfWork:
         c = self.conn = _Conn(self._raw)
         self.events = Events(c)
         self.person_seq = PersonSeq(c)
+        self.leases = Leases(c)
         self.decisions = Decisions(c)
         self.deliveries = Deliveries(c)
         self.unroutable = Unroutable(c)
