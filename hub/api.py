@@ -406,7 +406,7 @@ async def search_audit_events(request: Request, who: Principal = Depends(require
     q = request.query_params
     person = None
     if q.get("patient"):
-        person = hub.audit.person(_nhs(q["patient"].rpartition("|")[2]))
+        person = hub.audit.person_refs(_nhs(q["patient"].rpartition("|")[2]))
     since = until = None
     for value in q.getlist("date"):
         prefix, stamp = (value[:2], value[2:]) if value[:2] in ("ge", "gt", "le", "lt") else ("ge", value)

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hub.store import person_ref
+from hub.store import legacy_person_ref, person_ref
 
 
 class AuditLog:
@@ -21,6 +21,10 @@ class AuditLog:
 
     def person(self, nhs_number: str) -> str:
         return person_ref(self._key, nhs_number)
+
+    def person_refs(self, nhs_number: str) -> list[str]:
+        """Every form of the person's keyed hash that audit rows may carry (to search by)."""
+        return [person_ref(self._key, nhs_number), legacy_person_ref(self._key, nhs_number)]
 
     def row(self, action: str, *, actor: str, at: datetime, ref: str | None = None,
             event_id: str | None = None, person: str | None = None,

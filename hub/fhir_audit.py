@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from schemas.vocab import HUB, ORG_ID_SYSTEM
 
 ACTION_SYSTEM = f"{HUB}/CodeSystem/audit-action"
@@ -21,15 +23,18 @@ _CRUDE = {"created": "C", "recorded": "C", "issued": "C", "accepted": "C", "queu
 def audit_event(row: Any) -> dict[str, Any]:
     kind, _, verb = row.action.partition(".")
     entity = [{"what": {"identifier": {"system": RECORD_SYSTEM, "value": row.ref}}, "name": kind}] if row.ref else []
+    if row.action == "delivery.delivered" and row.event_id:  # one row per event: each delivery it names
+        entity.extend({"what": {"identifier": {"system": RECORD_SYSTEM, "value": f"{row.event_id}:{to}"}},
+                       "name": "delivery"} for to in (row.detail or {}).get("to", []))
     if row.event_id:
         entity.append({"what": {"identifier": {"system": EVENT_ID_SYSTEM, "value": row.event_id}}, "name": "event"})
     if row.person:
         entity.append({"what": {"identifier": {"system": PERSON_REF_SYSTEM, "value": row.person}},
                        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
                                 "display": "Person"}, "name": "person"})
-    hashes = [{"type": "prev_hash", "valueString": bytes(row.prev_hash).hex()},
-              {"type": "hash", "valueString": bytes(row.hash).hex()}]
-    detail = [{"type": k, "valueString": str(v)} for k, v in sorted((row.detail or {}).items())]
+    hashes = [{"type": "hash", "valueString": bytes(row.hash).hex()}]
+    detail = [{"type": k, "valueString": v if isinstance(v, str) else orjson.dumps(v).decode()}
+              for k, v in sorted((row.detail or {}).items())]
     entity.append({"what": {"identifier": {"system": f"{HUB}/Id/audit-row", "value": str(row.seq)}},
                    "name": "audit-row", "detail": hashes + detail})
     return {

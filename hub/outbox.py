@@ -16,12 +16,13 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
 from nats.js import JetStreamContext
 
 from hub import metrics
+from hub.audit import AuditLog
 from hub.delivery import BrokerChannel, DeliveryFailed, WebhookChannel
 from hub.pipeline import Deps, recheck
 from hub.streams import DLQ_STREAM, dlq_subject
@@ -37,6 +38,18 @@ def backoff(attempts: int, retry_after: float | None = None) -> float:
     base = min(MAX_BACKOFF_S, 2.0 ** min(attempts, 16))
     delay = base / 2 + random.uniform(0, base / 2)
     return max(delay, retry_after or 0.0)
+
+
+def delivered_rows(audit: AuditLog, rows, now: datetime, channel: str = "broker") -> list[dict]:
+    """The audit of deliveries made: one row per event, naming the recipients
+    that got it in this pass (each delivery id is <event id>:<recipient>)."""
+    by_event: dict[str, list] = {}
+    for r in rows:
+        by_event.setdefault(r.event_id, []).append(r)
+    detail = {} if channel == "broker" else {"channel": channel}
+    return [audit.row("delivery.delivered", actor="hub", at=now, event_id=event_id,
+                      person=audit.person(rs[0].nhs_number), detail={"to": [r.recipient_id for r in rs], **detail})
+            for event_id, rs in by_event.items()]
 
 
 class OutboxRelay:
@@ -115,12 +128,7 @@ class OutboxRelay:
                 return_exceptions=True)
             done = [r for (r, _v), res in zip(sending, results) if res is None]
             await uow.deliveries.mark_delivered([r.delivery_id for r in done], now)
-            await uow.audit.append_many([
-                self.audit.row("delivery.delivered", actor="hub", at=now, ref=r.delivery_id,
-                               event_id=r.event_id, person=self.audit.person(r.nhs_number),
-                               detail={"recipient": r.recipient_id, "channel": "broker"})
-                for r in done
-            ])
+            await uow.audit.append_many(delivered_rows(self.audit, done, now))
             for (r, _v), res in zip(sending, results):
                 if isinstance(res, DeliveryFailed):
                     await uow.deliveries.mark_retry(r.delivery_id, attempts=r.attempts + 1,
@@ -178,10 +186,7 @@ class OutboxRelay:
                 now = self.clock.now()
                 async with self.uow() as uow:
                     await uow.deliveries.mark_delivered([r.delivery_id], now)
-                    await uow.audit.append_many([self.audit.row(
-                        "delivery.delivered", actor="hub", at=now, ref=r.delivery_id, event_id=r.event_id,
-                        person=self.audit.person(r.nhs_number),
-                        detail={"recipient": recipient_id, "channel": "webhook"})])
+                    await uow.audit.append_many(delivered_rows(self.audit, [r], now, channel="webhook"))
                     await uow.commit()
                 self._made([r], "webhook")
                 if self.on_delivered:

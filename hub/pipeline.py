@@ -269,21 +269,23 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
         "received_at": now,
         "person_seq": seq,
     })
-    decision_rows, delivery_rows, audit_rows = [], [], [
-        deps.audit.row("event.accepted", actor=event.source_org_id, at=now, ref=event.event_id,
-                       event_id=event.event_id, person=person,
-                       detail={"type": event.event_type.value, "via": via}),
-    ]
+    decision_rows, delivery_rows, audit_rows = [], [], []
     for g in gated:
         decision_rows.extend(_decision_rows(event, g, now))
         delivery = _delivery_row(event, g, now, seq)
         delivery_rows.append(delivery)
-        audit_rows.append(deps.audit.row(
-            "delivery.queued" if g.deliver else "delivery.withheld",
-            actor="hub", at=now, ref=delivery["delivery_id"], event_id=event.event_id, person=person,
-            detail={"recipient": g.candidate.org.id, "categories": delivery["categories"],
-                    "decisions": delivery["decision_ids"]},
-        ))
+        if not g.deliver:  # a refusal is audited on its own, with the decisions that made it
+            audit_rows.append(deps.audit.row(
+                "delivery.withheld", actor="hub", at=now, ref=delivery["delivery_id"], event_id=event.event_id,
+                person=person, detail={"recipient": g.candidate.org.id, "decisions": delivery["decision_ids"]},
+            ))
+    # One row says the event was accepted and to whom it was queued; what each recipient may
+    # see and why is in its decision rows (by event id). References only, no payload.
+    accepted = {"to": [g.candidate.org.id for g in gated if g.deliver]}
+    if via != "broker":
+        accepted["via"] = via
+    audit_rows.insert(0, deps.audit.row("event.accepted", actor=event.source_org_id, at=now,
+                                        event_id=event.event_id, person=person, detail=accepted))
     unroutable_rows = [
         {"id": hashlib.sha256(f"{event.event_id}|{u.role}|{u.org_id}".encode()).hexdigest()[:32],
          "event_id": event.event_id, "role": u.role, "org_id": u.org_id, "reason": u.reason,

@@ -91,7 +91,7 @@ async def _append_audit(conn: AsyncConnection, rows: Sequence[dict]) -> None:
         seq += 1
         full = {"seq": seq, **row}
         digest = chain_hash(prev, full)
-        chained.append({**full, "prev_hash": prev, "hash": digest})
+        chained.append({**full, "hash": digest})
         prev = digest
     await conn.execute(insert(t.audit), chained)
     await conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=seq, hash=prev))
@@ -608,12 +608,13 @@ class Audit(_Repo):
         q = select(t.audit).where(t.audit.c.seq > seq).order_by(t.audit.c.seq).limit(limit)
         return list((await self.conn.execute(q)).all())
 
-    async def search(self, *, person: str | None = None, action: str | None = None,
+    async def search(self, *, person: str | Sequence[str] | None = None, action: str | None = None,
                      event_id: str | None = None, actor: str | None = None, ref: str | None = None,
                      since: datetime | None = None, until: datetime | None = None,
                      action_prefix: str | None = None, limit: int = 1000) -> list[Any]:
-        q = _matching(select(t.audit), t.audit, person=person, action=action, event_id=event_id, actor=actor,
-                      ref=ref)
+        q = _matching(select(t.audit), t.audit, action=action, event_id=event_id, actor=actor, ref=ref)
+        if person is not None:  # one person's rows, whichever form of the keyed hash they carry
+            q = q.where(t.audit.c.person.in_(person if isinstance(person, (list, tuple)) else [person]))
         if action_prefix:
             q = q.where(t.audit.c.action.startswith(action_prefix, autoescape=True))
         if since:
@@ -724,7 +725,14 @@ class UnitOfWorkFactory:
 
 def person_ref(key: bytes, nhs_number: str) -> str:
     """A keyed hash of an NHS number: lets audit rows be searched by person
-    without holding the number itself."""
+    without holding the number itself. HMAC-SHA-256 cut to 128 bits (32 hex
+    characters): ample against collisions, and half the bytes in every audit
+    row and in its index."""
+    return legacy_person_ref(key, nhs_number)[:32]
+
+
+def legacy_person_ref(key: bytes, nhs_number: str) -> str:
+    """The full 64-character form, written by hubs before migration 0005."""
     return hmac.new(key, nhs_number.encode(), hashlib.sha256).hexdigest()
 
 

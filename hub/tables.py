@@ -187,7 +187,8 @@ credentials = Table(
 # Append-only record of what the hub did. Rows name ids and hashes, never
 # personal data: `person` is a keyed hash of the NHS number. Rows are
 # hash-chained: `hash` = SHA-256(prev_hash || the row's canonical content), and
-# `prev_hash` is the hash of the row before; audit_head holds the last one.
+# audit_head holds the last one. Rows hold references (event ids, a keyed hash of
+# the person), never payload copies.
 audit = Table(
     "audit", metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
@@ -198,7 +199,6 @@ audit = Table(
     Column("event_id", ID),
     Column("person", String(64), index=True),
     Column("detail", JSON),
-    Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
 )
 

@@ -92,10 +92,12 @@ async def _db(cluster: LocalCluster, stream: Stream) -> dict:
         events = await conn.fetchval("SELECT count(*) FROM events WHERE event_id = ANY($1::text[])",
                                      stream.event_ids)
         deliveries = await conn.fetch("SELECT delivery_id, state FROM deliveries")
-        delivered = await conn.fetch("SELECT ref, count(*) AS n FROM audit WHERE action = 'delivery.delivered' "
-                                     "GROUP BY ref")
-        accepted = await conn.fetch("SELECT ref, count(*) AS n FROM audit WHERE action = 'event.accepted' "
-                                    "GROUP BY ref")
+        # one delivered row per event and relay pass, naming its recipients: count per delivery id
+        delivered = await conn.fetch(
+            "SELECT a.event_id || ':' || j.value AS ref, count(*) AS n FROM audit a, "
+            "json_array_elements_text(a.detail::json -> 'to') j WHERE a.action = 'delivery.delivered' GROUP BY 1")
+        accepted = await conn.fetch("SELECT event_id AS ref, count(*) AS n FROM audit "
+                                    "WHERE action = 'event.accepted' GROUP BY event_id")
         dead = await conn.fetchval("SELECT count(*) FROM dead_letters")
     finally:
         await conn.close()

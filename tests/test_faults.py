@@ -151,8 +151,10 @@ def db_state(db: Path) -> dict:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
         events = c.execute("SELECT count(*) FROM events").fetchone()[0]
         states = dict(c.execute("SELECT state, count(*) FROM deliveries GROUP BY state").fetchall())
+        # one delivered row per event and relay pass, naming its recipients: count per delivery id
         delivered_audit = c.execute(
-            "SELECT ref, count(*) FROM audit WHERE action = 'delivery.delivered' GROUP BY ref").fetchall()
+            "SELECT a.event_id || ':' || j.value, count(*) FROM audit a, json_each(a.detail, '$.to') j "
+            "WHERE a.action = 'delivery.delivered' GROUP BY 1").fetchall()
         dead = c.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
     return {"events": events, "states": states, "delivered_audit": dict(delivered_audit), "dead_letters": dead}
 
