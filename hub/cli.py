@@ -5,7 +5,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 from typing import Optional
 
 import typer
@@ -229,10 +228,6 @@ def run(
         typer.echo(f"error: --{role} shares a broker with other processes: set HUB_NATS_URL", err=True)
         raise typer.Exit(2)
     _logging(settings)
-    # The database driver works in a thread per connection and hands each result back to the
-    # event loop: with Python's default 5 ms GIL switch interval every statement can wait that
-    # long for the loop to let it in. 0.5 ms keeps a busy hub's round trips short.
-    sys.setswitchinterval(0.0005)
     asyncio.run(_run(settings, role))
 
 

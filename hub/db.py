@@ -11,6 +11,8 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from hub import sqlite_inline
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -19,7 +21,9 @@ def make_engine(url: str) -> AsyncEngine:
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **_JSON)
+        # SQLite calls made in the event loop's thread (hub.sqlite_inline): no thread hop per call.
+        engine = create_async_engine(url, async_creator=lambda: sqlite_inline.connect(path or ":memory:",
+                                                                                      timeout=30.0), **_JSON)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every test
@@ -28,7 +32,7 @@ def make_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA busy_timeout=0")  # lock waits are sqlite_inline's, off the event loop
             cur.close()
 
         @event.listens_for(engine.sync_engine, "begin")

@@ -30,6 +30,7 @@ from hub.streams import DLQ_STREAM, dlq_subject
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
+OTHER_WORK_EVERY_S = 0.1
 LEASE_TTL = timedelta(seconds=60)  # renewed before every webhook delivery; longer than any one POST
 
 
@@ -69,14 +70,18 @@ class OutboxRelay:
         self._stopping = False
         self.on_delivered: Callable[[list[str]], None] | None = None
         self.holder = f"relay-{uuid.uuid4()}"  # this relay, as a lease holder
+        self._other_work_at = 0.0
 
     def kick(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
         while not self._stopping:
+            # Broker deliveries on every wake-up; webhook recipients and dead letters at most
+            # every OTHER_WORK_EVERY_S (their lookup is a transaction of its own).
+            everything = time.monotonic() - self._other_work_at >= OTHER_WORK_EVERY_S
             try:
-                busy = await self.drain_once()
+                busy = await self.drain_once(everything=everything)
             except Exception:  # noqa: BLE001 - the relay must outlive a database or broker hiccup
                 log.exception("outbox relay pass failed; retrying")
                 busy = False
@@ -95,9 +100,13 @@ class OutboxRelay:
             task.cancel()
         await asyncio.gather(*self._webhook_tasks.values(), return_exceptions=True)
 
-    async def drain_once(self) -> bool:
-        """One pass; True if it found a full batch (more may be waiting)."""
+    async def drain_once(self, everything: bool = True) -> bool:
+        """One pass; True if it found a full batch (more may be waiting).
+        `everything`: also start webhook recipients' tasks and publish dead letters."""
         sent = await self._send_broker()
+        if not everything:
+            return sent >= self.batch
+        self._other_work_at = time.monotonic()
         now = self.clock.now()
         async with self.uow() as uow:
             webhook_recipients = await uow.deliveries.due_recipients(now, channel="webhook")
