@@ -167,7 +167,8 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def _pg_bin(name: str) -> str:
+def pg_bin(name: str) -> str:
+    """A PostgreSQL server binary: Debian's newest under /usr/lib/postgresql, else on PATH."""
     import glob
 
     for path in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
@@ -307,7 +308,7 @@ class LocalPostgres:
 
     def start(self) -> None:
         if not (self.data / "PG_VERSION").exists():
-            out = self._run(_pg_bin("initdb"), "-D", str(self.data), "-U", HUB_USER, "--auth=trust", "-E", "UTF8",
+            out = self._run(pg_bin("initdb"), "-D", str(self.data), "-U", HUB_USER, "--auth=trust", "-E", "UTF8",
                             *(() if self.durable else ("--no-sync",)))
             if out.returncode:
                 raise ClusterError(f"initdb failed:\n{out.stdout}{out.stderr}")
@@ -315,11 +316,11 @@ class LocalPostgres:
                 "-c max_connections=200")
         if not self.durable:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        out = self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+        out = self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
                         "-o", opts, "start")
         if out.returncode:
             raise ClusterError(f"pg_ctl start failed:\n{out.stdout}{out.stderr}\n{_tail(self.log)}")
-        psql = [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", HUB_USER, "-d", "postgres",
+        psql = [pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", HUB_USER, "-d", "postgres",
                 "-v", "ON_ERROR_STOP=1", "-tAc"]
         exists = subprocess.run([*psql, "SELECT 1 FROM pg_database WHERE datname = 'hub'"],
                                 capture_output=True, text=True, check=False)
@@ -330,7 +331,7 @@ class LocalPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         if (self.data / "postmaster.pid").exists():
-            self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+            self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
         if self._temp:
             shutil.rmtree(self._temp, ignore_errors=True)
             self._temp = None

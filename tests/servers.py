@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from deploy.cluster import pg_bin as _pg_bin  # one lookup of Debian's PostgreSQL binaries
 from hub.nats_server import find_nats_server
 from tests.natsutil import free_port, port_listening
 
@@ -50,16 +51,6 @@ def external_nats() -> Iterator[str]:
 __all__ = ["docker_available", "external_nats"]
 
 
-def _pg_bin(name: str) -> str:
-    import glob
-    import shutil
-
-    for path in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
-        return path
-    found = shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} not found: install Debian's postgresql (make does)")
-    return found
 
 
 @contextlib.contextmanager
