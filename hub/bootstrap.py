@@ -4,7 +4,6 @@ whole; `hub run` and the tests use it the same way."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +14,7 @@ from faststream import AckPolicy, Context
 from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsBatchMessage
 from faststream.security import SASLPlaintext
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from nats.js import JetStreamContext
 
 from hub import credentials, metrics
@@ -59,6 +58,18 @@ async def _when_jetstream_answers(step: Callable[[], Awaitable[None]], timeout: 
                 raise
             log.warning("JetStream is not answering yet (%s; no leader?); retrying", type(exc).__name__)
             await asyncio.sleep(1.0)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database failure no message is to blame for: unavailable, locked, or a
+    deadlock or serialisation failure PostgreSQL resolved by aborting us."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        code = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+        return code in ("40P01", "40001")
+    return False
 
 
 def _fetch_timeouts_as_nats_errors() -> None:
@@ -198,20 +209,20 @@ class Hub:
         started = time.perf_counter()
         try:
             outs = await process_inbound_batch(self.deps, [(m.subject, m.data) for m in raws], via="broker")
-        except (OperationalError, InterfaceError) as exc:
-            # The database is unavailable or locked: no message is at fault, so this never
-            # counts towards parking one as poison.
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if not _transient(exc):
+                log.warning("inbound batch of %d failed (%s); handling each message alone", len(raws),
+                            type(exc).__name__)
+                for m in raws:
+                    await self._handle_alone(m)
+                self.relay.kick()
+                return
+            # The database is unavailable, locked or chose this transaction to break a
+            # deadlock: no message is at fault, so this never counts towards poison.
             log.warning("database unavailable (%s); %d inbound messages will be redelivered",
                         type(exc).__name__, len(raws))
             for m in raws:
                 await m.nak(delay=2.0)
-            return
-        except Exception as exc:  # noqa: BLE001 - find the message at fault: each alone
-            log.warning("inbound batch of %d failed (%s); handling each message alone", len(raws),
-                        type(exc).__name__)
-            for m in raws:
-                await self._handle_alone(m)
-            self.relay.kick()
             return
         for m, out in zip(raws, outs):
             await m.ack()  # only after the commit
@@ -229,7 +240,7 @@ class Hub:
         try:
             out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
         except Exception as exc:  # noqa: BLE001 - not acked: JetStream redelivers it after a delay
-            if isinstance(exc, (OperationalError, InterfaceError)):
+            if _transient(exc):
                 log.warning("database unavailable (%s); inbound %s message will be redelivered",
                             type(exc).__name__, kind)
                 await raw.nak(delay=2.0)
@@ -276,10 +287,6 @@ class Hub:
                                              on_fired=self.relay.kick)
             await self.broker.start()
             self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
-        # Everything built so far lives as long as the process: keep it out of the
-        # garbage collector's generations, so collections stay short under load.
-        gc.collect()
-        gc.freeze()
         self.started = True
         log.info("hub %s started in %.2fs (broker %s, database %s)", self.role,
                  asyncio.get_running_loop().time() - t0, "embedded" if self.embedded else "external",

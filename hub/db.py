@@ -45,7 +45,10 @@ def make_engine(url: str) -> AsyncEngine:
 
 
 # JSON columns through orjson: several times faster than the standard library both ways.
-_JSON = {"json_serializer": lambda value: orjson.dumps(value).decode(), "json_deserializer": orjson.loads}
+# hide_parameters: an error message never carries the values bound to a statement
+# (NHS numbers, payloads): only the statement itself is logged.
+_JSON = {"json_serializer": lambda value: orjson.dumps(value).decode(), "json_deserializer": orjson.loads,
+         "hide_parameters": True}
 
 
 def alembic_config(url: str) -> Config:

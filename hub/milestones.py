@@ -20,6 +20,7 @@ async def fire_due(deps: Deps, limit: int = 100) -> int:
     fired = 0
     while True:
         async with deps.uow() as uow:
+            await uow.serialise_writers()  # before the episode's row lock: one lock order for all writers
             due = await uow.absence.due(deps.clock.now(), limit=1)
             if not due:
                 return fired

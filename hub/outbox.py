@@ -88,8 +88,10 @@ class OutboxRelay:
             if busy:
                 continue
             self._wake.clear()
+            # skipped webhook and dead-letter work is looked at once its 100 ms are up
+            wait = self.interval if everything else min(self.interval, OTHER_WORK_EVERY_S)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
             except TimeoutError:
                 pass
 

@@ -43,6 +43,7 @@ class _Conn:
         self._conn = conn
         self._pending: dict[str, list[dict]] = {name: [] for name in BUFFERED}
         self._waiting = False
+        self._broken = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -52,21 +53,31 @@ class _Conn:
             self._pending[table].extend(rows)
             self._waiting = True
 
+    def discard(self) -> None:
+        self._pending = {name: [] for name in BUFFERED}
+        self._waiting = False
+
     async def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
         if self._waiting and not _independent(statement):
             await self.flush()
         return await self._conn.execute(statement, *args, **kw)
 
     async def flush(self) -> None:
-        if not self._waiting:
+        if not self._waiting and not self._broken:
             return
+        if self._broken:
+            raise RuntimeError("an earlier write of this unit of work failed; it cannot commit")
         self._waiting = False
         pending, self._pending = self._pending, {name: [] for name in BUFFERED}
-        for name in BUFFERED[:-1]:
-            if pending[name]:
-                await self._conn.execute(insert(t.metadata.tables[name]), pending[name])
-        if pending["audit"]:
-            await _append_audit(self._conn, pending["audit"])
+        try:
+            for name in BUFFERED[:-1]:
+                if pending[name]:
+                    await self._conn.execute(insert(t.metadata.tables[name]), pending[name])
+            if pending["audit"]:
+                await _append_audit(self._conn, pending["audit"])
+        except BaseException:
+            self._broken = True  # part of it may be written: this transaction must not commit
+            raise
 
 
 def _independent(statement: Any) -> bool:
@@ -74,7 +85,16 @@ def _independent(statement: Any) -> bool:
         names = {tb.name for tb in find_tables(statement, include_crud=True)}
     except Exception:  # noqa: BLE001 - anything unusual: assume it may see the waiting rows
         return False
-    return names <= INDEPENDENT
+    return bool(names) and names <= INDEPENDENT  # text() and the like name no table: flush first
+
+
+async def serialise_writers(conn: Any) -> None:
+    """PostgreSQL: take the audit head's row lock now. Every transaction that writes
+    the audit holds it until it commits; taking it before any per-person row
+    (person_seq, absence episodes) gives all writers one lock order, so two
+    workers never wait for each other in a circle. SQLite has one writer anyway."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(select(t.audit_head.c.id).where(t.audit_head.c.id == 1).with_for_update())
 
 
 async def _append_audit(conn: AsyncConnection, rows: Sequence[dict]) -> None:
@@ -172,6 +192,7 @@ class PersonSeq(_Repo):
         people = sorted(set(nhs_numbers))
         if not people:
             return {}
+        await serialise_writers(self.conn)
         upsert = (pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert)(t.person_seq)
         stmt = upsert.on_conflict_do_update(index_elements=["nhs_number"], set_={"seq": t.person_seq.c.seq + 1})
         c = t.person_seq.c
@@ -631,11 +652,13 @@ class UnitOfWork:
     def __init__(self, engine: AsyncEngine, writer: asyncio.Lock | None = None) -> None:
         self._engine = engine
         self._writer = writer
+        self._holding = False
         self.conn: AsyncConnection
 
     async def __aenter__(self) -> "UnitOfWork":
         if self._writer is not None:
             await self._writer.acquire()
+            self._holding = True
         try:
             self._raw = await self._engine.connect()
         except BaseException:
@@ -663,6 +686,10 @@ class UnitOfWork:
         self.audit = Audit(c)
         return self
 
+    async def serialise_writers(self) -> None:
+        """See serialise_writers: for a transaction that will lock per-person rows."""
+        await serialise_writers(self.conn)
+
     async def lock_persons(self, nhs_numbers: Sequence[str], *, exclusive: bool) -> None:
         """Serialise consent changes against deliveries for the same people.
         SQLite: every write transaction already holds the database's write lock
@@ -681,9 +708,13 @@ class UnitOfWork:
     async def commit(self) -> None:
         await self.conn.flush()
         await self._raw.commit()
+        # Done writing: let the next writer in now (on SQLite), not only when the block
+        # ends, so that work after the commit (a publish) never holds the others up.
+        self._release()
 
     async def rollback(self) -> None:
-        self.conn = _Conn(self._raw)  # what was waiting is dropped with the rest
+        self.conn.discard()  # what was waiting is dropped with the rest
+        self.conn._broken = False
         await self._raw.rollback()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -697,7 +728,8 @@ class UnitOfWork:
                 self._release()
 
     def _release(self) -> None:
-        if self._writer is not None and self._writer.locked():
+        if self._holding:
+            self._holding = False
             self._writer.release()
 
 
