@@ -426,8 +426,9 @@ async def search_audit_events(request: Request, who: Principal = Depends(require
     async with hub.deps.uow() as uow:
         rows = await uow.audit.search(person=person, actor=q.get("agent"), action=action, action_prefix=prefix,
                                       since=since, until=until, limit=count)
+        previous = await uow.audit.previous_hashes([r.seq for r in rows])
     return _json({"resourceType": "Bundle", "type": "searchset", "total": len(rows),
-                  "entry": [{"fullUrl": f"AuditEvent/audit-{r.seq}", "resource": audit_event(r),
+                  "entry": [{"fullUrl": f"AuditEvent/audit-{r.seq}", "resource": audit_event(r, previous.get(r.seq)),
                              "search": {"mode": "match"}} for r in rows]}, media_type=FHIR_JSON)
 
 

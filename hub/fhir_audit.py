@@ -20,7 +20,9 @@ _CRUDE = {"created": "C", "recorded": "C", "issued": "C", "accepted": "C", "queu
           "withheld": "E", "dead-lettered": "C", "unroutable": "C", "signposted": "C"}
 
 
-def audit_event(row: Any) -> dict[str, Any]:
+def audit_event(row: Any, prev_hash: bytes | None = None) -> dict[str, Any]:
+    """`prev_hash`: the hash of the row before (seq - 1), so that an auditor holding
+    only this AuditEvent can recompute its hash (hub.audit_chain.chain_hash)."""
     kind, _, verb = row.action.partition(".")
     entity = [{"what": {"identifier": {"system": RECORD_SYSTEM, "value": row.ref}}, "name": kind}] if row.ref else []
     if row.action == "delivery.delivered" and row.event_id:  # one row per event: each delivery it names
@@ -32,7 +34,8 @@ def audit_event(row: Any) -> dict[str, Any]:
         entity.append({"what": {"identifier": {"system": PERSON_REF_SYSTEM, "value": row.person}},
                        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
                                 "display": "Person"}, "name": "person"})
-    hashes = [{"type": "hash", "valueString": bytes(row.hash).hex()}]
+    hashes = ([{"type": "prev_hash", "valueString": bytes(prev_hash).hex()}] if prev_hash is not None else []) + [
+        {"type": "hash", "valueString": bytes(row.hash).hex()}]
     detail = [{"type": k, "valueString": v if isinstance(v, str) else orjson.dumps(v).decode()}
               for k, v in sorted((row.detail or {}).items())]
     entity.append({"what": {"identifier": {"system": f"{HUB}/Id/audit-row", "value": str(row.seq)}},

@@ -16,7 +16,7 @@ DECISIONS = Counter("hub_decisions_total", "Consent decisions by outcome and rul
                     registry=REGISTRY)
 DEAD_LETTERS = Counter("hub_dead_letters_total", "Dead letters: refused or poison input by kind, and "
                        "deliveries that could not be made", ["source", "kind"], registry=REGISTRY)
-PIPELINE_SECONDS = Histogram("hub_pipeline_seconds", "Handling of one inbound message, from receipt to commit",
+PIPELINE_SECONDS = Histogram("hub_pipeline_seconds", "Handling of one inbound pull batch (one transaction), from receipt to commit",
                              buckets=LATENCY_BUCKETS, registry=REGISTRY)
 END_TO_END_SECONDS = Histogram("hub_end_to_end_seconds", "From an event's acceptance to its delivery being made",
                                buckets=LATENCY_BUCKETS, registry=REGISTRY)

@@ -183,8 +183,8 @@ class OutboxRelay:
                 async with self.uow() as uow:
                     if not await uow.leases.take(lease, self.holder, self.clock.now(), LEASE_TTL):
                         return
-                    if (await uow.deliveries.get(r.delivery_id)).state not in ("pending", "retrying"):
-                        continue  # settled meanwhile (a lease that expired while this worker stalled)
+                    if not await uow.deliveries.still_due(r.delivery_id, self.clock.now()):
+                        continue  # settled or rescheduled meanwhile (this worker stalled past its lease)
                     (verdict,) = await recheck(uow, self.deps, [r], self.clock.now())
                     await uow.commit()
                 if not verdict.send:

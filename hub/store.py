@@ -22,7 +22,7 @@ from sqlalchemy.sql.util import find_tables
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hub import tables as t
-from hub.audit_chain import chain_hash
+from hub.audit_chain import GENESIS, chain_hash
 
 
 # Inserts into these tables wait in memory (in this order, for the foreign keys)
@@ -282,6 +282,11 @@ class Deliveries(_Repo):
         if claim and self.conn.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
         return list((await self.conn.execute(q)).all())
+
+    async def still_due(self, delivery_id: str, now: datetime) -> bool:
+        c = t.deliveries.c
+        q = select(c.delivery_id).where(c.delivery_id == delivery_id, self._due(now))
+        return (await self.conn.execute(q)).first() is not None
 
     async def due_recipients(self, now: datetime, *, channel: str) -> list[str]:
         c = t.deliveries.c
@@ -617,6 +622,15 @@ class Audit(_Repo):
     async def append_many(self, rows: Sequence[dict]) -> None:
         """Chained and inserted with the unit of work's other waiting rows (see _Conn)."""
         self.conn.defer("audit", list(rows))
+
+    async def previous_hashes(self, seqs: Sequence[int]) -> dict[int, bytes]:
+        """seq -> the hash of the row before it (the chain's genesis for the first row)."""
+        wanted = {s - 1 for s in seqs if s > 1}
+        out = {1: GENESIS} if 1 in seqs else {}
+        if wanted:
+            q = select(t.audit.c.seq, t.audit.c.hash).where(t.audit.c.seq.in_(sorted(wanted)))
+            out.update({seq + 1: bytes(h) for seq, h in (await self.conn.execute(q)).all()})
+        return out
 
     async def head(self) -> Any:
         return (await self.conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1))).one()

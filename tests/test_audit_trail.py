@@ -13,6 +13,8 @@ import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 from sqlalchemy.exc import DBAPIError
 
+from hub.audit_chain import chain_hash
+
 from hub.ig import verify_audit
 from tests.conftest import fit_note
 from tests.test_fit_note_flow import record_consent, settled
@@ -118,3 +120,22 @@ async def test_audit_events_as_fhir_searchable_by_patient_agent_type_and_date(hu
         r = await http.get("/fhir/AuditEvent", headers=bearer(ig),
                            params={"date": ["ge2026-11-21", "lt2026-11-22"], "type": "event"})
         assert r.json()["total"] == 3
+
+
+async def test_each_audit_event_carries_what_recomputes_its_hash(hub, creds):
+    """An auditor given one person's AuditEvents (not the whole trail) can still
+    check each: it carries the hash of the row before it, and the row's own hash."""
+    await activity(hub, creds)
+    ig = await creds.issue("ig-auditor")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.api), base_url="http://hub") as http:
+        r = await http.get("/fhir/AuditEvent", headers=bearer(ig), params={"patient": NHS})
+    hashes = {}
+    for e in r.json()["entry"]:
+        (row,) = [ent for ent in e["resource"]["entity"] if ent["name"] == "audit-row"]
+        d = {x["type"]: x["valueString"] for x in row["detail"]}
+        hashes[int(row["what"]["identifier"]["value"])] = (bytes.fromhex(d["prev_hash"]), bytes.fromhex(d["hash"]))
+    async with hub.deps.uow() as uow:
+        stored = {x.seq: x for x in await uow.audit.search(limit=5000)}
+    for seq, (prev, digest) in hashes.items():
+        assert chain_hash(prev, dict(stored[seq]._mapping)) == digest == bytes(stored[seq].hash)
+    assert len(hashes) >= 6
