@@ -21,7 +21,6 @@ import os
 import platform
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile

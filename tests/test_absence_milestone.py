@@ -3,21 +3,18 @@ the test controls: one event on day 28, never twice, none for a broken chain,
 fired after a restart, at once for a late note, and OH from then on."""
 from __future__ import annotations
 
-import copy
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 import orjson
 import pytest
-from sqlalchemy import select
 
-from hub import tables as t
 from hub.bootstrap import Hub
 from hub.clock import FixedClock
 from hub.milestones import fire_due
 from hub.pipeline import process_inbound
 from hub.streams import inbound_subject
 from schemas.ukdate import day_start
-from tests.conftest import example, fit_note, receive
+from tests.conftest import fit_note, receive
 from tests.natsutil import wait_until
 from tests.test_fit_note_flow import record_consent
 

@@ -18,7 +18,7 @@ from hub.directory import DEMO_DIRECTORY, parse_directory
 from hub.pipeline import process_inbound
 from hub.streams import inbound_subject
 from schemas.vocab import CATEGORY_SYSTEM, PURPOSE_SYSTEM
-from tests.conftest import Creds, example, fit_note, receive
+from tests.conftest import example, fit_note, receive
 from tests.natsutil import wait_until
 from tests.test_fit_note_flow import record_consent
 from tests.test_http_api import bearer

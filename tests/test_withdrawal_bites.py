@@ -5,7 +5,7 @@ withdrawal call has returned, even under a steady stream."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import httpx
 import orjson
