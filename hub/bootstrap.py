@@ -73,11 +73,18 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _fetch_timeouts_as_nats_errors() -> None:
-    """Compatibility shim (nats-py 2.16 with FastStream 0.7): a pull `fetch` can
-    end with the built-in TimeoutError where FastStream's batch consumer catches
-    only nats.errors.TimeoutError (its subclass), so the consumer task dies and
-    waits for FastStream's supervisor to restart it: seconds of stalled input.
-    Translated here, once, at the edge."""
+    """Two adjustments to nats-py's pull `fetch`, made once, at the edge.
+
+    1. Compatibility (nats-py 2.16 with FastStream 0.7): a fetch can end with
+       the built-in TimeoutError where FastStream's batch consumer catches only
+       nats.errors.TimeoutError (its subclass), so the consumer task died and
+       waited for FastStream's supervisor to restart it: seconds of stalled input.
+    2. For the consumers named in FILL_S (the hub's inbound consumer): an
+       idle consumer waits for its next message with one long-lived pull of one
+       message (FastStream's timeout, 1 s), instead of polling every few
+       milliseconds; once a message is in, the rest of the batch is topped up
+       from what is there, waiting at most FILL_S[name]. (A long pull for the
+       whole batch would wait for all of it.)"""
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.client import JetStreamContext as _JS
 
@@ -85,19 +92,30 @@ def _fetch_timeouts_as_nats_errors() -> None:
     if getattr(original, "_hub_shim", False):
         return
 
-    async def fetch(self, *args: Any, **kwargs: Any):
+    async def fetch(self, batch: int = 1, timeout: float | None = 5, heartbeat: float | None = None):
+        fill = FILL_S.get((self._stream, self._consumer))
+        if fill is not None:
+            if getattr(self, "_hub_topping_up", False):
+                timeout = fill if timeout is None else min(timeout, fill)
+            else:
+                batch = 1
         try:
-            return await original(self, *args, **kwargs)
-        except NatsTimeout:
-            raise
-        except TimeoutError as exc:
+            msgs = await original(self, batch, timeout, heartbeat)
+        except TimeoutError as exc:  # nats.errors.TimeoutError included
+            self._hub_topping_up = False
+            if isinstance(exc, NatsTimeout):
+                raise
             raise NatsTimeout from exc
+        self._hub_topping_up = fill is not None
+        return msgs
 
     fetch._hub_shim = True  # type: ignore[attr-defined]
     _JS.PullSubscription.fetch = fetch
 
 
+FILL_S: dict[tuple[str, str], float] = {}  # (stream, durable consumer) -> top-up wait
 _fetch_timeouts_as_nats_errors()
+IDLE_PULL_S = 1.0
 
 
 def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | None",
@@ -119,9 +137,10 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
         stream=JStream(INBOUND_STREAM, declare=False),
         durable=INBOUND_CONSUMER,
         config=inbound_consumer_config(),
-        # batch=True: one handler call per pull batch, its messages in stream order. FastStream
-        # fills a batch for at most inbound_batch_wait_s, which bounds the latency it adds.
-        pull_sub=PullSub(batch_size=settings.inbound_batch, timeout=settings.inbound_batch_wait_s, batch=True),
+        # batch=True: one handler call per pull batch, its messages in stream order. An idle
+        # consumer long-polls (1 s); a batch is then topped up for at most inbound_batch_wait_s,
+        # which bounds the latency batching adds (see _fetch_timeouts_as_nats_errors).
+        pull_sub=PullSub(batch_size=settings.inbound_batch, timeout=IDLE_PULL_S, batch=True),
         ack_policy=AckPolicy.MANUAL,
         title="hub.inbound.{kind}.{org_id}",
         description="Source messages published by GP and hospital systems, referrers, the Access to Work "
@@ -285,6 +304,7 @@ class Hub:
         if self.role != "api":
             self.milestones = MilestoneTimer(self.deps, interval=self.settings.milestone_poll_s,
                                              on_fired=self.relay.kick)
+            FILL_S[(INBOUND_STREAM, INBOUND_CONSUMER)] = self.settings.inbound_batch_wait_s
             await self.broker.start()
             self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
         self.started = True
