@@ -72,7 +72,7 @@ def _transient(exc: BaseException) -> bool:
     return False
 
 
-def _fetch_timeouts_as_nats_errors() -> None:
+def _adjust_pull_fetch() -> None:
     """Two adjustments to nats-py's pull `fetch`, made once, at the edge.
 
     1. Compatibility (nats-py 2.16 with FastStream 0.7): a fetch can end with
@@ -114,7 +114,7 @@ def _fetch_timeouts_as_nats_errors() -> None:
 
 
 FILL_S: dict[tuple[str, str], float] = {}  # (stream, durable consumer) -> top-up wait
-_fetch_timeouts_as_nats_errors()
+_adjust_pull_fetch()
 IDLE_PULL_S = 1.0
 
 
@@ -139,7 +139,7 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
         config=inbound_consumer_config(),
         # batch=True: one handler call per pull batch, its messages in stream order. An idle
         # consumer long-polls (1 s); a batch is then topped up for at most inbound_batch_wait_s,
-        # which bounds the latency batching adds (see _fetch_timeouts_as_nats_errors).
+        # which bounds the latency batching adds (see _adjust_pull_fetch).
         pull_sub=PullSub(batch_size=settings.inbound_batch, timeout=IDLE_PULL_S, batch=True),
         ack_policy=AckPolicy.MANUAL,
         title="hub.inbound.{kind}.{org_id}",

@@ -80,8 +80,16 @@ async def review_break_glass(uow: UnitOfWork, audit: AuditLog, break_glass_id: s
 
 
 async def overrides_for(uow: UnitOfWork, nhs_number: str, now: datetime) -> list[Override]:
-    return [Override(r.break_glass_id, r.recipient_id, r.purpose, r.expires_at, r.justification)
-            for r in await uow.break_glass.active(nhs_number, now)]
+    return [_override(r) for r in await uow.break_glass.active(nhs_number, now)]
+
+
+async def overrides_for_persons(uow: UnitOfWork, nhs_numbers: list[str], now: datetime) -> dict[str, list[Override]]:
+    """The active break-glass overrides of several people at once."""
+    return {n: [_override(r) for r in rows] for n, rows in (await uow.break_glass.active_for(nhs_numbers, now)).items()}
+
+
+def _override(r: Any) -> Override:
+    return Override(r.break_glass_id, r.recipient_id, r.purpose, r.expires_at, r.justification)
 
 
 # --- disclosures --------------------------------------------------------------------------------

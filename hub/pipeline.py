@@ -26,7 +26,7 @@ from hub.audit import AuditLog
 from hub.clock import Clock
 from hub.directory import Directory
 from hub.gate import GateResult, gate
-from hub.ig import Override, overrides_for
+from hub.ig import overrides_for, overrides_for_persons
 from hub.projection import project
 from hub import metrics
 from hub.absence import Note, chain, plus_days
@@ -156,8 +156,7 @@ async def _prefetch(uow: UnitOfWork, events: list[CanonicalEvent], now: datetime
     persons = sorted({e.facts.nhs_number for e in events})
     known = await uow.events.content_hashes([e.event_id for e in events])
     consents = await uow.consents.for_persons(persons)
-    overrides = {n: [Override(b.break_glass_id, b.recipient_id, b.purpose, b.expires_at, b.justification)
-                     for b in bs] for n, bs in (await uow.break_glass.active_for(persons, now)).items()}
+    overrides = await overrides_for_persons(uow, persons, now)
     notes = await uow.absence.notes([_note_key(e.source_org_id, e.facts.document_id) for e in events
                                      if e.kind == "fit-note"])
     seqs = await uow.person_seq.next([e.facts.nhs_number for e in events if e.event_id not in known])
@@ -529,8 +528,7 @@ async def recheck(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime) -
     persons = sorted({r.nhs_number for r in rows if r.purpose != "signposting"})
     await uow.lock_persons(persons, exclusive=False)
     consents = {n: records_from_rows(rs) for n, rs in (await uow.consents.for_persons(persons)).items()}
-    overrides = {n: [Override(b.break_glass_id, b.recipient_id, b.purpose, b.expires_at, b.justification)
-                     for b in bs] for n, bs in (await uow.break_glass.active_for(persons, now)).items()}
+    overrides = await overrides_for_persons(uow, persons, now)
     heads = await uow.events.heads([r.event_id for r in rows])
     verdicts = []
     for r in rows:

@@ -715,10 +715,6 @@ class UnitOfWork:
         for n in sorted(set(nhs_numbers)):
             await self.conn.execute(select(getattr(func, fn)(func.hashtext(n))))
 
-    async def flush(self) -> None:
-        """Write the rows still waiting in memory (commit does this itself)."""
-        await self.conn.flush()
-
     async def commit(self) -> None:
         await self.conn.flush()
         await self._raw.commit()
