@@ -132,10 +132,6 @@ class Connection:
     def cursor(self) -> Cursor:
         return Cursor(self._conn.cursor(), self._timeout)
 
-    async def execute(self, sql: str, parameters: Any = ()) -> Cursor:
-        cursor = self.cursor()
-        return await cursor.execute(sql, parameters)
-
     async def commit(self) -> None:
         await _patiently(self._timeout, self._conn.commit)
 
