@@ -21,7 +21,7 @@ from hub import credentials, metrics
 from hub.api import create_app
 from hub.audit import AuditLog, load_audit_key
 from hub.clock import Clock
-from hub.db import make_engine, migrate
+from hub.db import checkpointer, make_engine, migrate
 from hub.delivery import WebhookChannel
 from hub.directory import Directory, load_directory
 from hub.nats_server import EmbeddedNats, signal_reload
@@ -196,7 +196,8 @@ class Hub:
         self.data_dir = settings.resolved_data_dir
         self.directory = directory or load_directory(settings.directory)
         self.clock = clock or Clock()
-        self.engine = make_engine(settings.db_url)
+        self.checkpointer = checkpointer(settings.db_url)  # SQLite: the log is checkpointed off the event loop
+        self.engine = make_engine(settings.db_url, background_checkpoint=self.checkpointer is not None)
         self.audit = AuditLog(load_audit_key(self.data_dir, settings.audit_key))
         self.deps = Deps(uow=UnitOfWorkFactory(self.engine), directory=self.directory, clock=self.clock,
                          audit=self.audit, webhook_budget_s=settings.webhook_retry_budget_s)
@@ -243,6 +244,7 @@ class Hub:
             for m in raws:
                 await m.nak(delay=2.0)
             return
+        self.relay.take([r for out in outs for r in out.ready])
         for m, out in zip(raws, outs):
             await m.ack()  # only after the commit
             metrics.EVENTS_IN.labels(parse_subject(m.subject)[0], out.outcome).inc()
@@ -277,6 +279,7 @@ class Hub:
                 log.exception("could not dead-letter a poison message; will be redelivered")
                 await raw.nak(delay=30.0)
                 return
+        self.relay.take(list(out.ready))
         await raw.ack()  # only after the commit
         metrics.EVENTS_IN.labels(kind, out.outcome).inc()
 
@@ -285,6 +288,8 @@ class Hub:
     async def start(self) -> None:
         t0 = asyncio.get_running_loop().time()
         await migrate(self.engine)
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         if self.settings.embedded_broker:
             async with self.deps.uow() as uow:
                 users = await credentials.broker_users(uow)
@@ -327,6 +332,8 @@ class Hub:
         if self.embedded is not None:
             await self.embedded.stop()
         await self.engine.dispose()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.started = False
 
     async def __aenter__(self) -> "Hub":

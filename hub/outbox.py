@@ -24,13 +24,14 @@ from nats.js import JetStreamContext
 from hub import metrics
 from hub.audit import AuditLog
 from hub.delivery import BrokerChannel, DeliveryFailed, WebhookChannel
-from hub.pipeline import Deps, recheck
+from hub.pipeline import Deps, Ready, recheck
 from hub.streams import DLQ_STREAM, dlq_subject
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
 OTHER_WORK_EVERY_S = 0.1
+READY_MAX = 20_000  # deliveries held in memory for sending; beyond it, they are read back and cut again
 LEASE_TTL = timedelta(seconds=60)  # renewed before every webhook delivery; longer than any one POST
 
 
@@ -71,9 +72,24 @@ class OutboxRelay:
         self.on_delivered: Callable[[list[str]], None] | None = None
         self.holder = f"relay-{uuid.uuid4()}"  # this relay, as a lease holder
         self._other_work_at = 0.0
+        self._ready: dict[str, Ready] = {}
 
     def kick(self) -> None:
         self._wake.set()
+
+    def take(self, ready: list[Ready]) -> None:
+        """Deliveries just committed, with the copies cut for them and the consent
+        state they rest on: sent without reading the copies back (see recheck).
+        Only a cache: the relay still claims each row in the database, and sends
+        one it was not handed (or has forgotten) from what the database holds."""
+        if ready:
+            if len(self._ready) + len(ready) <= READY_MAX:
+                self._ready.update((r.delivery_id, r) for r in ready)
+            self._wake.set()
+
+    def _forget(self, rows) -> None:
+        for r in rows:
+            self._ready.pop(r.delivery_id, None)
 
     async def run(self) -> None:
         while not self._stopping:
@@ -132,7 +148,7 @@ class OutboxRelay:
             rows = await uow.deliveries.due(now, channel="broker", limit=self.batch, claim=True)
             if not rows:
                 return 0
-            verdicts = await recheck(uow, self.deps, rows, now)
+            verdicts = await recheck(uow, self.deps, rows, now, self._ready)
             sending = [(r, v) for r, v in zip(rows, verdicts) if v.send]
             results = await asyncio.gather(
                 *(self.broker.send(r.delivery_id, r.address, v.payload, r.person_seq) for r, v in sending),
@@ -146,6 +162,7 @@ class OutboxRelay:
                                                     next_at=now + timedelta(seconds=backoff(r.attempts)),
                                                     error=res.error)
             await uow.commit()
+        self._forget(rows)
         log.debug("relayed %d broker deliveries in %.1f ms", len(done), 1000 * (time.perf_counter() - started))
         self._made(done, "broker")
         if done and self.on_delivered:
@@ -185,8 +202,9 @@ class OutboxRelay:
                         return
                     if not await uow.deliveries.still_due(r.delivery_id, self.clock.now()):
                         continue  # settled or rescheduled meanwhile (this worker stalled past its lease)
-                    (verdict,) = await recheck(uow, self.deps, [r], self.clock.now())
+                    (verdict,) = await recheck(uow, self.deps, [r], self.clock.now(), self._ready)
                     await uow.commit()
+                self._forget([r])
                 if not verdict.send:
                     continue
                 try:

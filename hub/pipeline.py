@@ -14,7 +14,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -60,6 +60,7 @@ class InboundResult:
     deliveries: int = 0
     withheld: int = 0
     extra: dict = field(default_factory=dict)
+    ready: tuple["Ready", ...] = ()  # committed deliveries, for the relay (hub.outbox) to take as they are
 
 
 def parse_subject(subject: str) -> tuple[str, str | None, list[FieldError]]:
@@ -250,6 +251,7 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
     plan = route(event, deps.directory, ctx)
     gated = [gate(event, cand, consents, now, overrides) for cand in plan.candidates]
     person = deps.audit.person(event.facts.nhs_number)
+    basis = consent_state(consents, overrides, now)
 
     await uow.events.add({
         "event_id": event.event_id,
@@ -268,11 +270,13 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
         "received_at": now,
         "person_seq": seq,
     })
-    decision_rows, delivery_rows, audit_rows = [], [], []
+    decision_rows, delivery_rows, audit_rows, ready = [], [], [], []
     for g in gated:
         decision_rows.extend(_decision_rows(event, g, now))
-        delivery = _delivery_row(event, g, now, seq)
+        delivery, payload = _delivery_row(event, g, now, seq)
         delivery_rows.append(delivery)
+        if payload is not None:
+            ready.append(Ready(delivery["delivery_id"], payload, basis))
         if not g.deliver:  # a refusal is audited on its own, with the decisions that made it
             audit_rows.append(deps.audit.row(
                 "delivery.withheld", actor="hub", at=now, ref=delivery["delivery_id"], event_id=event.event_id,
@@ -321,7 +325,8 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
     await uow.unroutable.add_many(unroutable_rows)
     await uow.audit.append_many(audit_rows)
     sent = sum(1 for g in gated if g.deliver)
-    return InboundResult("accepted", event_id=event.event_id, deliveries=sent, withheld=len(gated) - sent)
+    return InboundResult("accepted", event_id=event.event_id, deliveries=sent, withheld=len(gated) - sent,
+                         ready=tuple(ready))
 
 
 def _signpost(deps: Deps, event: CanonicalEvent, reason: str, now: datetime, seq: int) -> dict | None:
@@ -473,7 +478,11 @@ def _decision_rows(event: CanonicalEvent, g: GateResult, now: datetime) -> list[
     } for cd in g.decisions]
 
 
-def _delivery_row(event: CanonicalEvent, g: GateResult, now: datetime, seq: int) -> dict:
+def _delivery_row(event: CanonicalEvent, g: GateResult, now: datetime, seq: int) -> tuple[dict, bytes | None]:
+    """The outbox row of one candidate, and the copy it is to be sent (None if it
+    gets nothing). The copy is not stored: the relay is handed it (`Ready`), and
+    one that was not (after a restart) cuts it again from the event, as of the
+    row's created_at, which gives the same bytes (`payload_of`)."""
     org = g.candidate.org
     assert org.delivery is not None
     address = deliver_subject(org.id) if org.delivery.channel == "broker" else (org.delivery.url or "")
@@ -496,11 +505,11 @@ def _delivery_row(event: CanonicalEvent, g: GateResult, now: datetime, seq: int)
         "decision_ids": [cd.decision_id for cd in g.decisions
                          if (cd.decision.outcome == "permit") == g.deliver],
         "reason": g.reason,
-        "payload": payload,
+        "payload": None,
         "attempts": 0,
         "created_at": now,
         "person_seq": seq,
-    }
+    }, payload
 
 
 # --- consent again, at the moment of delivery --------------------------------------------------
@@ -516,25 +525,107 @@ class Verdict:
     reason: str | None = None
 
 
-async def recheck(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime) -> list[Verdict]:
+@dataclass(frozen=True, slots=True)
+class ConsentState:
+    """What one person's decisions rested on: the versions of their consents and
+    their active break-glass overrides (`key`), and the first instant after the
+    decisions at which a period in any of them starts or ends (`until`; None if
+    none does). Deciding again while the same key holds, before `until`, gives
+    the same answers: the consent engine reads nothing else that changes."""
+
+    key: tuple
+    until: datetime | None
+
+    def holds(self, key: tuple, now: datetime) -> bool:
+        return key == self.key and (self.until is None or now < self.until)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A delivery just committed as due, handed to the relay as it can be sent:
+    the copy cut at acceptance, and the consent state its decisions rested on."""
+
+    delivery_id: str
+    payload: bytes
+    consents: ConsentState
+
+
+def consent_key(consents: Iterable[tuple[str, int]], overrides: Iterable[tuple[str, datetime]]) -> tuple:
+    """(consent id, version) of each consent and (id, expiry) of each active break-glass."""
+    return tuple(sorted(consents)), tuple(sorted(overrides))
+
+
+_BOUNDARIES: dict[tuple[str, int], tuple[datetime, ...]] = {}
+
+
+def consent_state(consents: Sequence[Any], overrides: Sequence[Any], now: datetime) -> ConsentState:
+    ahead = [o.expires_at for o in overrides if o.expires_at > now]
+    for r in consents:
+        edges = _BOUNDARIES.get((r.id, r.version))
+        if edges is None:
+            if len(_BOUNDARIES) > 50_000:
+                _BOUNDARIES.clear()
+            edges = _BOUNDARIES[(r.id, r.version)] = tuple(
+                b for p in r.provision.walk() for b in (p.period_start, p.period_end) if b is not None)
+        ahead.extend(b for b in edges if b > now)
+    key = consent_key(((r.id, r.version) for r in consents), ((o.break_glass_id, o.expires_at) for o in overrides))
+    return ConsentState(key, min(ahead) if ahead else None)
+
+
+async def payload_of(uow: UnitOfWork, deps: Deps, row: Any) -> bytes:
+    """The copy a due delivery is to be sent: the one stored with it (a signposting
+    notice, a narrowed or requeued delivery) or else cut from its event as of the
+    row's created_at, exactly as at acceptance."""
+    if row.payload is not None:
+        return row.payload
+    org = deps.directory.get(row.recipient_id)
+    bundle, _ = project(orjson.loads(await uow.events.bundle(row.event_id)), recipient=org,
+                        permitted=frozenset(row.categories), delivery_endpoint=row.address, now=row.created_at)
+    return orjson.dumps(bundle)
+
+
+async def recheck(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime,
+                  ready: dict[str, Ready] | None = None) -> list[Verdict]:
     """Decide consent again for deliveries about to be made, in the caller's
     transaction (which also marks them): a withdrawal, a new deny, an expiry or
     an expired break-glass committed before this point stops or narrows every
     delivery that relied on it, whether it was queued, retrying or replayed.
 
-    Unchanged: sent as committed. Narrowed but still allowed identity and the
-    core category: re-cut from the event. Otherwise withheld, with new decision
-    rows saying why."""
+    A delivery the relay was handed (`ready`) whose person's consent state still
+    holds is sent as cut. Any other is decided again: unchanged, it is sent as
+    committed; narrowed but still allowed identity and the core category, re-cut
+    from the event; otherwise withheld, with new decision rows saying why."""
+    ready = ready or {}
     persons = sorted({r.nhs_number for r in rows if r.purpose != "signposting"})
     await uow.lock_persons(persons, exclusive=False)
-    consents = {n: records_from_rows(rs) for n, rs in (await uow.consents.for_persons(persons)).items()}
+    keys = await uow.consents.versions_for_persons(persons)
     overrides = await overrides_for_persons(uow, persons, now)
+    state = {n: consent_key(keys.get(n, ()), ((o.break_glass_id, o.expires_at) for o in overrides.get(n, [])))
+             for n in persons}
+    verdicts: dict[str, Verdict] = {}
+    slow = []
+    for r in rows:
+        handed = ready.get(r.delivery_id)
+        if r.purpose == "signposting":  # a notice to the referrer: no personal data, no consent involved
+            verdicts[r.delivery_id] = Verdict(r.delivery_id, True, r.payload)
+        elif (handed is not None and deps.directory.get(r.recipient_id) is not None
+              and handed.consents.holds(state[r.nhs_number], now)):
+            verdicts[r.delivery_id] = Verdict(r.delivery_id, True, handed.payload)
+        else:
+            slow.append(r)
+    if slow:
+        for v in await _decide_again(uow, deps, slow, now, overrides):
+            verdicts[v.delivery_id] = v
+    return [verdicts[r.delivery_id] for r in rows]
+
+
+async def _decide_again(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime,
+                        overrides: dict[str, list]) -> list[Verdict]:
+    persons = sorted({r.nhs_number for r in rows})
+    consents = {n: records_from_rows(rs) for n, rs in (await uow.consents.for_persons(persons)).items()}
     heads = await uow.events.heads([r.event_id for r in rows])
     verdicts = []
     for r in rows:
-        if r.purpose == "signposting":  # a notice to the referrer: no personal data, no consent involved
-            verdicts.append(Verdict(r.delivery_id, True, r.payload))
-            continue
         head = heads[r.event_id]
         org = deps.directory.get(r.recipient_id)
         if org is None:
@@ -551,7 +642,7 @@ async def recheck(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime) -
         g = gate(event, Candidate(org, "recheck"), consents.get(r.nhs_number, []), now,
                  overrides.get(r.nhs_number, []))
         if g.deliver and set(r.categories) <= g.permitted:
-            verdicts.append(Verdict(r.delivery_id, True, r.payload))
+            verdicts.append(Verdict(r.delivery_id, True, await payload_of(uow, deps, r)))
             continue
         stamp = now.isoformat()
         changed = [{**d, "decision_id": str(uuid.uuid5(_RECHECK_NS, f"{d['decision_id']}|{stamp}"))}

@@ -577,6 +577,16 @@ class Consents(_Repo):
         q = select(t.consents).where(t.consents.c.nhs_number == nhs_number).order_by(t.consents.c.created_at)
         return list((await self.conn.execute(q)).all())
 
+    async def versions_for_persons(self, nhs_numbers: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
+        """(consent id, version) of every consent of each of these people, in any status."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        if nhs_numbers:
+            c = t.consents.c
+            q = select(c.nhs_number, c.consent_id, c.version).where(c.nhs_number.in_(list(set(nhs_numbers))))
+            for nhs, consent_id, version in (await self.conn.execute(q)).all():
+                out.setdefault(nhs, []).append((consent_id, version))
+        return out
+
     async def for_persons(self, nhs_numbers: Sequence[str]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {n: [] for n in nhs_numbers}
         if nhs_numbers:

@@ -119,7 +119,8 @@ async def test_other_4xx_is_dead_lettered_at_once_and_can_be_retried(hub, webhoo
     await state_is(hub, delivery_id, "dead-lettered")
     assert len(webhook.seen) == 1
     row = await delivery(hub, delivery_id)
-    assert row.last_error == "webhook answered 400" and row.payload is not None
+    # the copy is not kept (a retry cuts it again from the event)
+    assert row.last_error == "webhook answered 400" and row.payload is None
     ig = await creds.issue("ig-auditor")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.api), base_url="http://hub") as http:
         listed = (await http.get("/api/v1/deliveries", headers=bearer(ig), params={"state": "dead-lettered"})).json()

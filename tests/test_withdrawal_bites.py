@@ -78,6 +78,85 @@ async def test_a_delivery_that_relied_on_a_consent_in_part_is_narrowed(hub, cred
     assert row.state == "delivered" and row.categories == ["fitness-advice", "identity"]
 
 
+async def handed(hub, msg=None):
+    """As `queue`, and the deliveries handed to the relay as the inbound consumer hands them."""
+    out = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(msg or fit_note()))
+    assert out.outcome == "accepted" and len(out.ready) == 2
+    hub.relay.take(list(out.ready))
+    return out
+
+
+async def test_a_handed_over_delivery_is_withheld_once_its_consent_is_withdrawn(hub, creds):
+    consent_id = await record_consent(hub, creds)
+    acme = await creds.issue("recipient", "EMP-ACME")
+    out = await handed(hub)
+    async with hub.deps.uow() as uow:
+        await withdraw(uow, hub.audit, consent_id, now=hub.clock.now(), actor="test")
+        await uow.commit()
+    await hub.relay.drain_once()
+    assert await receive(hub, acme, "EMP-ACME", expect=0) == []
+    async with hub.deps.uow() as uow:
+        rows = await uow.deliveries.search(event_id=out.event_id)
+    assert {d.state for d in rows} == {"withheld"}
+    assert all(f"{consent_id} withdrawn on" in d.reason for d in rows)
+
+
+async def test_a_new_consent_version_sends_a_handed_over_delivery_the_long_way(hub, creds):
+    """Any change to the person's consents (here a new version that still permits)
+    means the delivery is decided again and cut from the stored event."""
+    consent_id = await record_consent(hub, creds)
+    acme = await creds.issue("recipient", "EMP-ACME")
+    out = await handed(hub)
+    cc = await creds.issue("consent-client")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.api), base_url="http://hub") as http:
+        r = await http.put(f"/fhir/Consent/{consent_id}", headers=bearer(cc), json=example("consent"))
+        assert r.status_code == 200, r.text
+    hub.relay._ready.clear()  # and the cut copy forgotten, as after a restart
+    await hub.relay.drain_once()
+    (got,) = await receive(hub, acme, "EMP-ACME", expect=1)
+    (ready,) = [r for r in out.ready if r.delivery_id.endswith(":EMP-ACME")]
+    assert got.data == ready.payload  # the copy cut again from the event is the one cut at acceptance
+
+
+async def test_a_delivery_not_handed_over_is_sent_byte_for_byte_as_cut_at_acceptance(hub, creds):
+    await record_consent(hub, creds)
+    acme, ohp = await creds.issue("recipient", "EMP-ACME"), await creds.issue("recipient", "OHP-HEALTHWORKS")
+    out = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(fit_note()))
+    async with hub.deps.uow() as uow:
+        stored = [await uow.deliveries.get(r.delivery_id) for r in out.ready]
+    assert [d.payload for d in stored] == [None, None]  # the copies are not stored
+    await hub.relay.drain_once()
+    (to_acme,) = await receive(hub, acme, "EMP-ACME", expect=1)
+    (to_ohp,) = await receive(hub, ohp, "OHP-HEALTHWORKS", expect=1)
+    cut = {r.delivery_id.rsplit(":", 1)[1]: r.payload for r in out.ready}
+    assert to_acme.data == cut["EMP-ACME"] and to_ohp.data == cut["OHP-HEALTHWORKS"]
+
+
+def test_a_consent_state_holds_until_a_period_in_it_starts_or_ends():
+    from datetime import timedelta
+
+    from consent.model import ConsentRecord, Provision
+    from hub.ig import Override
+    from hub.pipeline import consent_key, consent_state
+
+    now = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+    ends = now + timedelta(days=3)
+    starts = now + timedelta(days=1)
+    record = ConsentRecord("c1", 2, "active", NHS, None, Provision(
+        "permit", period_end=ends, children=(Provision("deny", period_start=starts, path="1"),)))
+    bg = Override("BG-1", "EMP-ACME", "employment-support", now + timedelta(hours=5), "x" * 20)
+    state = consent_state([record], [bg], now)
+    key = consent_key([("c1", 2)], [("BG-1", bg.expires_at)])
+    assert state.until == bg.expires_at  # the earliest edge ahead
+    assert state.holds(key, now + timedelta(hours=4))
+    assert not state.holds(key, bg.expires_at)
+    assert not state.holds(consent_key([("c1", 3)], [("BG-1", bg.expires_at)]), now)  # a new version
+    assert not state.holds(consent_key([("c1", 2)], []), now)  # the break-glass gone
+    assert consent_state([record], [], now).until == starts
+    assert consent_state([record], [], starts).until == ends  # an edge passed no longer counts
+    assert consent_state([record], [], ends + timedelta(seconds=1)).until is None
+
+
 @pytest.fixture
 def clock():
     return Clock()  # the real one: the proof compares the broker's own timestamps with wall time
