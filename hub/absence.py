@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
+from schemas.fhir import uuid5
 from schemas.ukdate import day_start
 
 MAX_GAP_DAYS = 1
@@ -64,7 +65,7 @@ class Episode:
 
 
 def new_episode_id(nhs_number: str, first_note_key: str) -> str:
-    return str(uuid.uuid5(_EPISODE_NS, f"{nhs_number}|{first_note_key}"))
+    return uuid5(_EPISODE_NS, f"{nhs_number}|{first_note_key}")
 
 
 def chain(nhs_number: str, notes: Iterable[Note], *, fired: Sequence[str] = ()) -> list[Episode]:

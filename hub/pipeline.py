@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,7 @@ from hub.signposting import notice_bundle
 from hub.store import UnitOfWork, UnitOfWorkFactory
 from hub.streams import deliver_subject
 from schemas.events import CanonicalEvent, Facts, FieldError, Rejected
+from schemas.fhir import uuid5
 from schemas.vocab import CORE_CATEGORY, SOURCE_KINDS, EventType
 
 log = logging.getLogger(__name__)
@@ -318,8 +320,8 @@ async def persist_event(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, ctx:
         await uow.break_glass.used(bg_id)
         audit_rows.append(deps.audit.row("break-glass.used", actor="hub", at=now, ref=bg_id,
                                          event_id=event.event_id, person=person))
-    for d in decision_rows:
-        metrics.DECISIONS.labels(d["outcome"], d["rule"]).inc()
+    for (outcome, rule), n in Counter((d["outcome"], d["rule"]) for d in decision_rows).items():
+        metrics.DECISIONS.labels(outcome, rule).inc(n)
     await uow.decisions.add_many(decision_rows)
     await uow.deliveries.add_many(delivery_rows)
     await uow.unroutable.add_many(unroutable_rows)
@@ -645,7 +647,7 @@ async def _decide_again(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datet
             verdicts.append(Verdict(r.delivery_id, True, await payload_of(uow, deps, r)))
             continue
         stamp = now.isoformat()
-        changed = [{**d, "decision_id": str(uuid.uuid5(_RECHECK_NS, f"{d['decision_id']}|{stamp}"))}
+        changed = [{**d, "decision_id": uuid5(_RECHECK_NS, f"{d['decision_id']}|{stamp}")}
                    for d in _decision_rows(event, g, now)]
         await uow.decisions.add_many(changed)
         if g.deliver:  # narrowed: cut again from the event with what is still permitted

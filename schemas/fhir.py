@@ -74,6 +74,7 @@ referral id, an outcome id, a fit note id) live here as well.
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -203,15 +204,26 @@ _EVENT_DISPLAY: dict[str, str] = {
 # ----------------------------------------------------------------------- helpers
 
 
+def uuid5(namespace: uuid.UUID | bytes, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))`, about four times faster (no UUID objects):
+    the hub makes several per event (event, entry and decision ids)."""
+    digest = bytearray(hashlib.sha1((namespace if isinstance(namespace, bytes) else namespace.bytes)
+                                    + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def event_id(kind: str, source_org_id: str, document_id: str, version: int) -> str:
     """The event id (§3): stable for a source document version, so a resent message
     (even under a new message_id) yields the same id and is recognised as a duplicate."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{kind}|{source_org_id}|{document_id}|{version}"))
+    return uuid5(EVENT_ID_NAMESPACE, f"{kind}|{source_org_id}|{document_id}|{version}")
 
 
 def entry_uuid(event: str, role: str) -> str:
     """The UUID of one entry of an event's bundle: uuid5(event id, role)."""
-    return str(uuid.uuid5(uuid.UUID(event), role))
+    return uuid5(uuid.UUID(event), role)
 
 
 def instant(moment: datetime) -> str:
@@ -229,13 +241,14 @@ def security_labels(*categories: str) -> list[dict[str, str]]:
 def resource_categories(resource: dict[str, Any]) -> frozenset[str]:
     """The data categories a resource's `meta.security` names (other systems ignored)."""
     meta = resource.get("meta")
-    if not meta:
-        return frozenset()
-    return frozenset(
-        label["code"]
-        for label in meta.get("security") or ()
-        if label.get("system") == CATEGORY_SYSTEM and label.get("code")
-    )
+    labels = meta.get("security") if meta else None
+    if not labels:
+        return _NONE
+    return frozenset([label["code"] for label in labels
+                      if label.get("system") == CATEGORY_SYSTEM and label.get("code")])
+
+
+_NONE: frozenset[str] = frozenset()
 
 
 def bundle_categories(bundle: dict[str, Any]) -> frozenset[str]:
@@ -252,7 +265,8 @@ class Entries:
     __slots__ = ("ids", "urls")
 
     def __init__(self, event: str, roles: Iterable[str]) -> None:
-        self.ids = {role: entry_uuid(event, role) for role in roles}
+        namespace = uuid.UUID(event).bytes
+        self.ids = {role: uuid5(namespace, role) for role in roles}
         self.urls = {role: f"urn:uuid:{value}" for role, value in self.ids.items()}
 
     def ref(self, role: str, display: str | None = None) -> dict[str, str]:
