@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
 OTHER_WORK_EVERY_S = 0.1
-READY_MAX = 20_000  # deliveries held in memory for sending; beyond it, they are read back and cut again
+READY_MAX = 20_000  # copies held for sending; the oldest beyond it are forgotten (and cut again when due)
 LEASE_TTL = timedelta(seconds=60)  # renewed before every webhook delivery; longer than any one POST
 
 
@@ -83,8 +83,9 @@ class OutboxRelay:
         Only a cache: the relay still claims each row in the database, and sends
         one it was not handed (or has forgotten) from what the database holds."""
         if ready:
-            if len(self._ready) + len(ready) <= READY_MAX:
-                self._ready.update((r.delivery_id, r) for r in ready)
+            self._ready.update((r.delivery_id, r) for r in ready)
+            while len(self._ready) > READY_MAX:  # the oldest first (another worker may have sent them)
+                del self._ready[next(iter(self._ready))]
             self._wake.set()
 
     def _forget(self, rows) -> None:

@@ -227,3 +227,16 @@ async def test_nothing_relying_on_a_consent_is_delivered_after_withdrawal_return
             sorted({(r.state, (r.reason or "")[:60]) for r in rows})
     finally:
         await hub.stop()
+
+
+def test_the_relay_forgets_the_oldest_copies_beyond_its_bound(monkeypatch):
+    from hub import outbox
+    from hub.outbox import OutboxRelay
+    from hub.pipeline import ConsentState, Ready
+
+    monkeypatch.setattr(outbox, "READY_MAX", 3)
+    relay = OutboxRelay.__new__(OutboxRelay)  # only its memory of copies is exercised
+    relay._ready, relay._wake = {}, asyncio.Event()
+    state = ConsentState(((), ()), None)
+    relay.take([Ready(f"e{i}:EMP-ACME", b"{}", state) for i in range(5)])
+    assert list(relay._ready) == ["e2:EMP-ACME", "e3:EMP-ACME", "e4:EMP-ACME"] and relay._wake.is_set()
