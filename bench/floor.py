@@ -3,7 +3,7 @@ pull subscriber on the same broker that consumes one inbound message and
 publishes one delivery (JetStream publish, awaiting the stream's ack), then acks.
 No validation, consent or database. Same batch size as the hub's subscriber.
 
-    python -m bench.floor <nats url>
+    python -m bench.floor <nats url> <batch>
 """
 from __future__ import annotations
 
@@ -41,4 +41,4 @@ async def main(url: str, batch: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 32))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))

@@ -4,6 +4,7 @@ stacks; the top frames are printed)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import collections
 import subprocess
 import sys
@@ -30,7 +31,7 @@ async def main(n: int) -> None:
             await nc.subscribe("hub.deliver.>", cb=listener.on_msg)
             out = ROOT / "bench" / "profile.txt"
             proc = subprocess.Popen([HUB, "run"], env=hub_env(url, Path(tmp) / "hub"), stdout=subprocess.DEVNULL)
-            spy = subprocess.Popen([str(Path(HUB).parent / "py-spy"), "record", "--nonblocking", "-r", "100", "-f", "raw", "-o",
+            spy = subprocess.Popen([str(Path(HUB).parent / "py-spy"), "record", "--nonblocking", "-r", os.environ.get("PROFILE_RATE", "100"), "-f", "raw", "-o",
                                     str(out), "--pid", str(proc.pid)], stdout=subprocess.DEVNULL)
             try:
                 await asyncio.wait_for(listener.done.wait(), timeout=600)

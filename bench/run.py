@@ -433,9 +433,14 @@ def cli() -> None:
     p.add_argument("--floor-events", type=int, default=20000, help="floor backlog size")
     p.add_argument("--loads", default="50,200,500", help="offered loads, events/s")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds at each offered load")
-    p.add_argument("--batch", type=int, default=32, help="pull batch of the floor (the hub's is HUB_INBOUND_BATCH)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="pull batch of the floor (default: the hub's, HUB_INBOUND_BATCH's default)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = p.parse_args()
+    if args.batch is None:
+        from hub.settings import Settings
+
+        args.batch = Settings.model_fields["inbound_batch"].default
     started = time.perf_counter()
     results = asyncio.run(main(args))
     results["ratio"] = round(results["hub_eps"] / results["floor_eps"], 3)
