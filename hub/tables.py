@@ -1,6 +1,7 @@
 """The database schema (SQLAlchemy Core). Alembic migrations in hub/migrations
 create it; this module is their single source. Personal data lives only in
-`events.bundle`, `deliveries.payload` (cleared once delivered), `consents.resource`
+`events.bundle`, `deliveries.payload` (only a signposting notice's, or a copy narrowed
+or requeued, until delivered: other copies are cut from the event), `consents.resource`
 and `dead_letters.payload`; decisions and audit rows hold references."""
 from __future__ import annotations
 
