@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
 OTHER_WORK_EVERY_S = 0.1
-READY_MAX = 20_000  # copies held for sending; the oldest beyond it are forgotten (and cut again when due)
+READY_MAX_BYTES = 64 * 2**20  # copies held for sending; the oldest beyond it are forgotten (cut again when due)
 LEASE_TTL = timedelta(seconds=60)  # renewed before every webhook delivery; longer than any one POST
 
 
@@ -75,6 +75,7 @@ class OutboxRelay:
         self.holder = f"relay-{uuid.uuid4()}"  # this relay, as a lease holder
         self._other_work_at = 0.0
         self._ready: dict[str, Ready] = {}
+        self._ready_bytes = 0
 
     def kick(self) -> None:
         self._wake.set()
@@ -85,14 +86,22 @@ class OutboxRelay:
         Only a cache: the relay still claims each row in the database, and sends
         one it was not handed (or has forgotten) from what the database holds."""
         if ready:
-            self._ready.update((r.delivery_id, r) for r in ready)
-            while len(self._ready) > READY_MAX:  # the oldest first (another worker may have sent them)
-                del self._ready[next(iter(self._ready))]
+            for r in ready:
+                self._forget_one(r.delivery_id)
+                self._ready[r.delivery_id] = r
+                self._ready_bytes += len(r.payload)
+            while self._ready_bytes > READY_MAX_BYTES:  # the oldest first (another worker may have sent them)
+                self._forget_one(next(iter(self._ready)))
             self._wake.set()
 
     def _forget(self, rows) -> None:
         for r in rows:
-            self._ready.pop(r.delivery_id, None)
+            self._forget_one(r.delivery_id)
+
+    def _forget_one(self, delivery_id: str) -> None:
+        gone = self._ready.pop(delivery_id, None)
+        if gone is not None:
+            self._ready_bytes -= len(gone.payload)
 
     async def run(self) -> None:
         while not self._stopping:
@@ -204,6 +213,7 @@ class OutboxRelay:
                     if not await uow.leases.take(lease, self.holder, self.clock.now(), LEASE_TTL):
                         return
                     if not await uow.deliveries.still_due(r.delivery_id, self.clock.now()):
+                        self._forget([r])
                         continue  # settled or rescheduled meanwhile (this worker stalled past its lease)
                     (verdict,) = await recheck(uow, self.deps, [r], self.clock.now(), self._ready)
                     await uow.commit()

@@ -561,7 +561,8 @@ _BOUNDARIES: dict[tuple[str, int], tuple[datetime, ...]] = {}
 
 
 def consent_state(consents: Sequence[Any], overrides: Sequence[Any], now: datetime) -> ConsentState:
-    ahead = [o.expires_at for o in overrides if o.expires_at > now]
+    # an edge at `now` itself counts as ahead: a period end covers its own instant and no later
+    ahead = [o.expires_at for o in overrides if o.expires_at >= now]
     for r in consents:
         edges = _BOUNDARIES.get((r.id, r.version))
         if edges is None:
@@ -569,7 +570,7 @@ def consent_state(consents: Sequence[Any], overrides: Sequence[Any], now: dateti
                 _BOUNDARIES.clear()
             edges = _BOUNDARIES[(r.id, r.version)] = tuple(
                 b for p in r.provision.walk() for b in (p.period_start, p.period_end) if b is not None)
-        ahead.extend(b for b in edges if b > now)
+        ahead.extend(b for b in edges if b >= now)
     key = consent_key(((r.id, r.version) for r in consents), ((o.break_glass_id, o.expires_at) for o in overrides))
     return ConsentState(key, min(ahead) if ahead else None)
 
@@ -610,8 +611,8 @@ async def recheck(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime,
         handed = ready.get(r.delivery_id)
         if r.purpose == "signposting":  # a notice to the referrer: no personal data, no consent involved
             verdicts[r.delivery_id] = Verdict(r.delivery_id, True, r.payload)
-        elif (handed is not None and deps.directory.get(r.recipient_id) is not None
-              and handed.consents.holds(state[r.nhs_number], now)):
+        elif (handed is not None and r.payload is None and deps.directory.get(r.recipient_id) is not None
+              and handed.consents.holds(state[r.nhs_number], now)):  # (a stored copy is newer: requeued)
             verdicts[r.delivery_id] = Verdict(r.delivery_id, True, handed.payload)
         else:
             slow.append(r)

@@ -185,6 +185,7 @@ class Checkpointer:
 
     def start(self) -> None:
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
             self._thread.start()
 
@@ -203,9 +204,12 @@ class Checkpointer:
             conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
         except sqlite3.OperationalError as exc:  # busy: the next round does it
             log.debug("checkpoint %s skipped: %s", mode, exc)
+        except Exception:  # noqa: BLE001 - the thread must outlive one bad round, or the log grows unchecked
+            log.exception("checkpoint %s failed; trying again next round", mode)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-            self._thread = None
+            if not self._thread.is_alive():
+                self._thread = None

@@ -89,17 +89,22 @@ async def insert_many(conn: AsyncConnection, table: Any, rows: Sequence[dict]) -
     once per table and set of columns: the statement is compiled for the dialect
     once, and each row becomes a tuple through the columns' own bind processors.
     On the hot path that was a third of a batch's flush."""
-    groups: dict[tuple[str, ...], list[dict]] = {}
+    runs: list[tuple[tuple[str, ...], list[dict]]] = []  # consecutive rows with the same columns, in order
     for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    for columns, group in groups.items():
+        columns = tuple(row)
+        if runs and runs[-1][0] == columns:
+            runs[-1][1].append(row)
+        else:
+            runs.append((columns, [row]))
+    for columns, group in runs:
         key = (conn.dialect.name, table.name, columns)
         if key not in _INSERTS:
             compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
             names = tuple(compiled.positiontup or ())
             # a column default SQLAlchemy would fill in (or a named paramstyle): its own way
-            _INSERTS[key] = (compiled.string, names, [table.c[n].type.bind_processor(conn.dialect) for n in names]) \
-                if sorted(names) == sorted(columns) else None
+            # the dialect's own form of each type (SQLite's DATETIME writes the text SQLAlchemy reads)
+            processors = [table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names]
+            _INSERTS[key] = (compiled.string, names, processors) if sorted(names) == sorted(columns) else None
         plan = _INSERTS[key]
         if plan is None:
             await conn.execute(insert(table), group)

@@ -139,3 +139,29 @@ async def test_each_audit_event_carries_what_recomputes_its_hash(hub, creds):
     for seq, (prev, digest) in hashes.items():
         assert chain_hash(prev, dict(stored[seq]._mapping)) == digest == bytes(stored[seq].hash)
     assert len(hashes) >= 6
+
+
+async def test_rows_inserted_in_bulk_hold_times_as_every_other_statement_writes_them(hub, creds):
+    """store.insert_many binds through each column type's dialect form: on SQLite a
+    whole-second time is written with its microseconds, as SQLAlchemy writes it
+    elsewhere, so `>=` and `<` on the stored text compare as times."""
+    from sqlalchemy import select
+
+    from hub import tables as t
+    from hub.pipeline import process_inbound
+    from hub.streams import inbound_subject
+    from tests.conftest import fit_note
+    from tests.test_fit_note_flow import record_consent
+
+    await record_consent(hub, creds)
+    out = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(fit_note()))
+    now = hub.clock.now()
+    assert now.microsecond == 0  # the test clock is on a whole second
+    async with hub.deps.uow() as uow:
+        assert len(await uow.decisions.search(event_id=out.event_id, since=now)) == 8  # `>=` its own instant
+        assert await uow.decisions.search(event_id=out.event_id, until=now) == []
+        assert await uow.audit.search(action_prefix="event.accepted", since=now)
+        if uow.conn.dialect.name == "sqlite":
+            (text,) = (await uow.conn.execute(select(t.events.c.received_at.cast(t.String)).where(
+                t.events.c.event_id == out.event_id))).one()
+            assert text == now.strftime("%Y-%m-%d %H:%M:%S.%f")

@@ -153,8 +153,11 @@ def test_a_consent_state_holds_until_a_period_in_it_starts_or_ends():
     assert not state.holds(consent_key([("c1", 3)], [("BG-1", bg.expires_at)]), now)  # a new version
     assert not state.holds(consent_key([("c1", 2)], []), now)  # the break-glass gone
     assert consent_state([record], [], now).until == starts
-    assert consent_state([record], [], starts).until == ends  # an edge passed no longer counts
+    assert consent_state([record], [], starts + timedelta(microseconds=1)).until == ends  # an edge passed
     assert consent_state([record], [], ends + timedelta(seconds=1)).until is None
+    # decided at the very instant a period ends (still covered): deciding a moment later differs
+    assert consent_state([record], [], ends).until == ends and not consent_state([record], [], ends).holds(
+        consent_key([("c1", 2)], []), ends + timedelta(microseconds=1))
 
 
 @pytest.fixture
@@ -234,9 +237,14 @@ def test_the_relay_forgets_the_oldest_copies_beyond_its_bound(monkeypatch):
     from hub.outbox import OutboxRelay
     from hub.pipeline import ConsentState, Ready
 
-    monkeypatch.setattr(outbox, "READY_MAX", 3)
+    monkeypatch.setattr(outbox, "READY_MAX_BYTES", 30)
     relay = OutboxRelay.__new__(OutboxRelay)  # only its memory of copies is exercised
-    relay._ready, relay._wake = {}, asyncio.Event()
+    relay._ready, relay._ready_bytes, relay._wake = {}, 0, asyncio.Event()
     state = ConsentState(((), ()), None)
-    relay.take([Ready(f"e{i}:EMP-ACME", b"{}", state) for i in range(5)])
+    relay.take([Ready(f"e{i}:EMP-ACME", b"0123456789", state) for i in range(5)])
     assert list(relay._ready) == ["e2:EMP-ACME", "e3:EMP-ACME", "e4:EMP-ACME"] and relay._wake.is_set()
+    relay.take([Ready("e3:EMP-ACME", b"0123456789", state)])  # handed again: counted once
+    assert relay._ready_bytes == 30
+    relay._forget([Ready("e2:EMP-ACME", b"", state)])
+    assert list(relay._ready) == ["e4:EMP-ACME", "e3:EMP-ACME"] and relay._ready_bytes == 20
+
