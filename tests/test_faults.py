@@ -683,7 +683,10 @@ async def test_database_locked_past_the_busy_timeout_loses_and_duplicates_nothin
     await _locked_database_scenario(hub, creds, hold_s=33.0, n_before=20, n_during=60)
     failures = [r.getMessage() for r in caplog.records if r.name == "hub.bootstrap"
                 and ("failed" in r.getMessage() or "database unavailable" in r.getMessage())]
-    assert any("OperationalError" in m for m in failures), (
+    # whichever reached SQLite first outlived the timeout: an inbound batch (nacked) or a relay pass (retried)
+    relay_timed_out = any(r.name == "hub.outbox" and r.exc_info and "OperationalError" in type(r.exc_info[1]).__name__
+                          for r in caplog.records)
+    assert relay_timed_out or any("OperationalError" in m for m in failures), (
         "no transaction outlived the busy timeout; the test proved nothing beyond test 3: " + repr(failures[:5]))
     assert not any("dead-lettered" in m for m in failures), failures
     await hub.stop()
