@@ -79,10 +79,12 @@ async def test_a_delivery_that_relied_on_a_consent_in_part_is_narrowed(hub, cred
 
 
 async def handed(hub, msg=None):
-    """As `queue`, and the deliveries handed to the relay as the inbound consumer hands them."""
+    """As `queue`, and the deliveries handed to the relay as the inbound consumer hands
+    them, but without waking it (so a change made next lands before it runs)."""
     out = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(msg or fit_note()))
     assert out.outcome == "accepted" and len(out.ready) == 2
     hub.relay.take(list(out.ready))
+    hub.relay._wake.clear()  # no await since take(): the relay has not seen it
     return out
 
 
