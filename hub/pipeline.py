@@ -557,22 +557,22 @@ def consent_key(consents: Iterable[tuple[str, int]], overrides: Iterable[tuple[s
     return tuple(sorted(consents)), tuple(sorted(overrides))
 
 
-_BOUNDARIES: dict[tuple[str, int], tuple[datetime, ...]] = {}
-
-
 def consent_state(consents: Sequence[Any], overrides: Sequence[Any], now: datetime) -> ConsentState:
     # an edge at `now` itself counts as ahead: a period end covers its own instant and no later
     ahead = [o.expires_at for o in overrides if o.expires_at >= now]
-    for r in consents:
-        edges = _BOUNDARIES.get((r.id, r.version))
-        if edges is None:
-            if len(_BOUNDARIES) > 50_000:
-                _BOUNDARIES.clear()
-            edges = _BOUNDARIES[(r.id, r.version)] = tuple(
-                b for p in r.provision.walk() for b in (p.period_start, p.period_end) if b is not None)
-        ahead.extend(b for b in edges if b >= now)
+    ahead.extend(b for r in consents for p in r.provision.walk() for b in (p.period_start, p.period_end)
+                 if b is not None and b >= now)
     key = consent_key(((r.id, r.version) for r in consents), ((o.break_glass_id, o.expires_at) for o in overrides))
     return ConsentState(key, min(ahead) if ahead else None)
+
+
+async def cut_from_event(uow: UnitOfWork, event_id: str, org: Any, permitted: frozenset[str], address: str,
+                         now: datetime) -> tuple[bytes, frozenset[str]]:
+    """A recipient's copy cut again from the stored event (`project`), stamped `now`,
+    and the categories it holds: for a copy not held, narrowed, retried or replayed."""
+    bundle, given = project(orjson.loads(await uow.events.bundle(event_id)), recipient=org, permitted=permitted,
+                            delivery_endpoint=address, now=now)
+    return orjson.dumps(bundle), given
 
 
 async def payload_of(uow: UnitOfWork, deps: Deps, row: Any) -> bytes:
@@ -581,10 +581,9 @@ async def payload_of(uow: UnitOfWork, deps: Deps, row: Any) -> bytes:
     row's created_at, exactly as at acceptance."""
     if row.payload is not None:
         return row.payload
-    org = deps.directory.get(row.recipient_id)
-    bundle, _ = project(orjson.loads(await uow.events.bundle(row.event_id)), recipient=org,
-                        permitted=frozenset(row.categories), delivery_endpoint=row.address, now=row.created_at)
-    return orjson.dumps(bundle)
+    payload, _ = await cut_from_event(uow, row.event_id, deps.directory.get(row.recipient_id),
+                                      frozenset(row.categories), row.address, row.created_at)
+    return payload
 
 
 async def recheck(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datetime,
@@ -652,9 +651,7 @@ async def _decide_again(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datet
                    for d in _decision_rows(event, g, now)]
         await uow.decisions.add_many(changed)
         if g.deliver:  # narrowed: cut again from the event with what is still permitted
-            bundle, given = project(orjson.loads(await uow.events.bundle(r.event_id)), recipient=org,
-                                    permitted=g.permitted, delivery_endpoint=r.address, now=now)
-            payload = orjson.dumps(bundle)
+            payload, given = await cut_from_event(uow, r.event_id, org, g.permitted, r.address, now)
             ids = [d["decision_id"] for d in changed if d["outcome"] == "permit"]
             await uow.deliveries.narrow(r.delivery_id, payload=payload, categories=sorted(given), decision_ids=ids)
             verdicts.append(Verdict(r.delivery_id, True, payload))

@@ -9,8 +9,7 @@ from datetime import datetime
 
 import orjson
 
-from hub.pipeline import Deps
-from hub.projection import project
+from hub.pipeline import Deps, cut_from_event
 from hub.store import UnitOfWork
 
 
@@ -64,9 +63,7 @@ async def _requeue(uow: UnitOfWork, deps: Deps, row, now: datetime) -> None:
         if payload is None:
             raise RedeliveryRefused("a delivered signposting notice is not kept")
     else:
-        bundle, given = project(orjson.loads(await uow.events.bundle(row.event_id)), recipient=org,
-                                permitted=frozenset(row.categories), delivery_endpoint=row.address, now=now)
-        payload = orjson.dumps(bundle)
+        payload, given = await cut_from_event(uow, row.event_id, org, frozenset(row.categories), row.address, now)
     await uow.deliveries.requeue(row.delivery_id, payload=payload, categories=sorted(given), now=now)
 
 
