@@ -244,14 +244,14 @@ class Hub:
             for m in raws:
                 await m.nak(delay=2.0)
             return
-        self.relay.take([r for out in outs for r in out.ready])
+        self.relay.hold([r for out in outs for r in out.ready])
+        if any(out.outcome != "duplicate" for out in outs):
+            self.relay.kick()  # it runs once the acks below yield
         for m, out in zip(raws, outs):
             await m.ack()  # only after the commit
             metrics.EVENTS_IN.labels(parse_subject(m.subject)[0], out.outcome).inc()
         metrics.PIPELINE_SECONDS.observe(time.perf_counter() - started)
         log.debug("committed %d inbound messages in %.1f ms", len(raws), 1000 * (time.perf_counter() - started))
-        if any(out.outcome != "duplicate" for out in outs):
-            self.relay.kick()
 
     async def _handle_alone(self, raw: Any) -> None:
         """One inbound message in its own transaction; a failure is retried with
@@ -279,7 +279,9 @@ class Hub:
                 log.exception("could not dead-letter a poison message; will be redelivered")
                 await raw.nak(delay=30.0)
                 return
-        self.relay.take(list(out.ready))
+        self.relay.hold(list(out.ready))
+        if out.outcome != "duplicate":
+            self.relay.kick()
         await raw.ack()  # only after the commit
         metrics.EVENTS_IN.labels(kind, out.outcome).inc()
 

@@ -80,11 +80,12 @@ class OutboxRelay:
     def kick(self) -> None:
         self._wake.set()
 
-    def take(self, ready: list[Ready]) -> None:
+    def hold(self, ready: list[Ready]) -> None:
         """Deliveries just committed, with the copies cut for them and the consent
         state they rest on: sent without reading the copies back (see recheck).
         Only a cache: the relay still claims each row in the database, and sends
-        one it was not handed (or has forgotten) from what the database holds."""
+        one it was not handed (or has forgotten) from what the database holds.
+        It does not wake the relay: the caller kicks it."""
         if ready:
             for r in ready:
                 self._forget_one(r.delivery_id)
@@ -92,7 +93,6 @@ class OutboxRelay:
                 self._ready_bytes += len(r.payload)
             while self._ready_bytes > READY_MAX_BYTES:  # the oldest first (another worker may have sent them)
                 self._forget_one(next(iter(self._ready)))
-            self._wake.set()
 
     def _forget(self, rows) -> None:
         for r in rows:

@@ -83,8 +83,7 @@ async def handed(hub, msg=None):
     them, but without waking it (so a change made next lands before it runs)."""
     out = await process_inbound(hub.deps, inbound_subject("fit-note", "B86001"), orjson.dumps(msg or fit_note()))
     assert out.outcome == "accepted" and len(out.ready) == 2
-    hub.relay.take(list(out.ready))
-    hub.relay._wake.clear()  # no await since take(): the relay has not seen it
+    hub.relay.hold(list(out.ready))  # held, not kicked: the relay sleeps until drain_once
     return out
 
 
@@ -243,9 +242,9 @@ def test_the_relay_forgets_the_oldest_copies_beyond_its_bound(monkeypatch):
     relay = OutboxRelay.__new__(OutboxRelay)  # only its memory of copies is exercised
     relay._ready, relay._ready_bytes, relay._wake = {}, 0, asyncio.Event()
     state = ConsentState(((), ()), None)
-    relay.take([Ready(f"e{i}:EMP-ACME", b"0123456789", state) for i in range(5)])
-    assert list(relay._ready) == ["e2:EMP-ACME", "e3:EMP-ACME", "e4:EMP-ACME"] and relay._wake.is_set()
-    relay.take([Ready("e3:EMP-ACME", b"0123456789", state)])  # handed again: counted once
+    relay.hold([Ready(f"e{i}:EMP-ACME", b"0123456789", state) for i in range(5)])
+    assert list(relay._ready) == ["e2:EMP-ACME", "e3:EMP-ACME", "e4:EMP-ACME"]
+    relay.hold([Ready("e3:EMP-ACME", b"0123456789", state)])  # handed again: counted once
     assert relay._ready_bytes == 30
     relay._forget([Ready("e2:EMP-ACME", b"", state)])
     assert list(relay._ready) == ["e4:EMP-ACME", "e3:EMP-ACME"] and relay._ready_bytes == 20
