@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     inbound_batch: int = Field(200, ge=1, le=1000, description="inbound messages fetched per pull, and "
                                                             "committed in one transaction (at most: a pull takes "
                                                             "what is waiting)")
-    inbound_batch_wait_s: float = Field(0.005, gt=0, le=1.0, description="how long a pull waits to fill its batch "
+    inbound_batch_wait_s: float = Field(0.001, gt=0, le=1.0, description="how long a pull waits to fill its batch "
                                                                         "(the most latency batching adds)")
     inbound_max_attempts: int = Field(5, ge=1, description="tries of an inbound message whose processing raises, "
                                                          "before it is dead-lettered as poison")

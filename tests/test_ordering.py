@@ -91,3 +91,36 @@ async def test_a_redelivered_message_takes_no_new_number(hub, creds):
     async with hub.deps.uow() as uow:
         seqs = (await uow.conn.execute(select(t.events.c.document_id, t.events.c.person_seq))).all()
     assert dict(seqs) == {first["fit_note"]["id"]: 1, second["fit_note"]["id"]: 2}
+
+
+def test_a_batch_waits_for_more_messages_at_most_its_fill_in_all():
+    """FastStream fetches again until its batch is full or a fetch times out; the
+    top-up's wait is bounded from the batch's first message, not per fetch, so a
+    steady trickle cannot keep a batch (and its first message) waiting."""
+    import pytest
+    from nats.errors import TimeoutError as NatsTimeout
+
+    from hub.bootstrap import TopUp
+
+    now = [0.0]
+    top = TopUp(0.005, clock=lambda: now[0])
+    assert top.request(200, 1.0) == (1, 1.0)  # idle: one long pull of one message
+    top.got(1, 1)
+    now[0] = 0.002
+    assert top.request(199, 0.998) == (199, pytest.approx(0.003))
+    top.got(1, 199)  # the trickle brought one more
+    now[0] = 0.0045
+    assert top.request(198, 0.995) == (198, pytest.approx(0.0005))
+    top.got(1, 198)
+    now[0] = 0.0051
+    with pytest.raises(NatsTimeout):  # FastStream hands the batch of three over now
+        top.request(197, 0.99)
+    assert top.request(200, 1.0) == (1, 1.0)  # the next batch starts with a long pull again
+
+    top.got(1, 1)
+    now[0] = 0.006
+    top.got(199, 199)  # under a backlog a batch fills at once: the next is fetched whole
+    now[0] = 0.009
+    assert top.request(200, 1.0) == (200, pytest.approx(0.002))
+    top.timed_out()  # nothing more came
+    assert top.request(200, 1.0) == (1, 1.0)
