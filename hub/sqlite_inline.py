@@ -126,6 +126,11 @@ class Connection:
         return itself().__await__()
 
     @property
+    def raw(self) -> sqlite3.Connection:
+        """The sqlite3 connection itself (`hub.store` runs prepared statements on it)."""
+        return self._conn
+
+    @property
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
 
