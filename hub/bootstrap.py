@@ -99,7 +99,7 @@ def _adjust_pull_fetch() -> None:
     async def fetch(self, batch: int = 1, timeout: float | None = 5, heartbeat: float | None = None):
         top_up = getattr(self, "_hub_top_up", None)
         if top_up is None and (self._stream, self._consumer) in FILL_S:
-            top_up = self._hub_top_up = TopUp(FILL_S[(self._stream, self._consumer)])
+            top_up = self._hub_top_up = TopUp(*FILL_S[(self._stream, self._consumer)])
         if top_up is not None:
             batch, timeout = top_up.request(batch, timeout)
         try:
@@ -111,7 +111,7 @@ def _adjust_pull_fetch() -> None:
                 raise
             raise NatsTimeout from exc
         if top_up is not None:
-            top_up.got(len(msgs), batch)
+            top_up.got(len(msgs))
         return msgs
 
     fetch._hub_shim = True  # type: ignore[attr-defined]
@@ -119,38 +119,48 @@ def _adjust_pull_fetch() -> None:
 
 
 class TopUp:
-    """How one pull consumer's batch is filled (see _adjust_pull_fetch): the first
-    message with a long pull of one; then what else is there, for at most `fill`
-    seconds from that first message in all, across FastStream's fetches."""
+    """How one pull consumer's batches are filled (see _adjust_pull_fetch). FastStream
+    starts each batch with a fetch of the whole batch size and goes on fetching the
+    rest until the batch is full or a fetch times out. An idle consumer's batch
+    starts with one long pull of one message; once a message is in, the rest is
+    what else arrives within `fill` seconds in all. After a batch that filled (a
+    backlog), the next is fetched whole at once."""
 
-    def __init__(self, fill: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, fill: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.fill = fill
+        self.size = size
         self.clock = clock
-        self.until: float | None = None  # while a batch is being topped up
+        self.until: float | None = None  # the current batch's deadline, once it has a message
+        self.asked = 0  # what FastStream asked for last
+        self.filled = False  # the last batch came out full
 
     def request(self, batch: int, timeout: float | None) -> tuple[int, float | None]:
         """The fetch to make (batch size, timeout); nats' TimeoutError once the batch
         has waited its fill, so that FastStream hands it to the handler."""
-        if self.until is None:
-            return 1, timeout
-        left = self.until - self.clock()
-        if left <= 0:
-            self.until = None
+        self.asked = batch
+        if batch >= self.size:  # a new batch
+            if not self.filled:
+                self.until = None
+                return 1, timeout
+            self.until = self.clock() + self.fill
+            return batch, self.fill if timeout is None else min(timeout, self.fill)
+        left = (self.until or 0.0) - self.clock()
+        if left < 0.0002:  # (nats-py would ask the server for a pull that never expires)
+            self.filled = False
             from nats.errors import TimeoutError as NatsTimeout
             raise NatsTimeout
         return batch, left if timeout is None else min(timeout, left)
 
-    def got(self, n: int, batch: int) -> None:
-        if self.until is None or n >= batch:
-            # a batch's first message, or a batch just filled (under a backlog the
-            # next one is there at once): from now, `fill` more at most
-            self.until = self.clock() + self.fill
+    def got(self, n: int) -> None:
+        if self.until is None:
+            self.until = self.clock() + self.fill  # the batch's first message
+        self.filled = n >= self.asked  # all FastStream asked for: its batch is full
 
     def timed_out(self) -> None:
-        self.until = None
+        self.filled = False
 
 
-FILL_S: dict[tuple[str, str], float] = {}  # (stream, durable consumer) -> top-up wait
+FILL_S: dict[tuple[str, str], tuple[float, int]] = {}  # (stream, durable consumer) -> (top-up wait, batch)
 _adjust_pull_fetch()
 IDLE_PULL_S = 1.0
 
@@ -348,7 +358,8 @@ class Hub:
         if self.role != "api":
             self.milestones = MilestoneTimer(self.deps, interval=self.settings.milestone_poll_s,
                                              on_fired=self.relay.kick)
-            FILL_S[(INBOUND_STREAM, INBOUND_CONSUMER)] = self.settings.inbound_batch_wait_s
+            FILL_S[(INBOUND_STREAM, INBOUND_CONSUMER)] = (self.settings.inbound_batch_wait_s,
+                                                          self.settings.inbound_batch)
             await self.broker.start()
             self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
         self.started = True

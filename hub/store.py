@@ -61,7 +61,8 @@ class _Conn:
         self._waiting = False
 
     async def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
-        if self._sqlite is not None:
+        if self._sqlite is not None and not kw and (not args or isinstance(args[0], dict)) \
+                and self._conn.in_transaction():
             plan = _Plan.of(statement, self._conn.dialect)
             if plan is not None:
                 if self._waiting and not plan.independent:
@@ -195,13 +196,14 @@ class _Plan:
     other statement."""
 
     _registered: dict[int, Any] = {}
-    _plans: dict[int, "_Plan"] = {}
+    _plans: dict[tuple[int, Any], "_Plan"] = {}  # per statement and dialect (its JSON serialiser, ...)
 
     @classmethod
     def of(cls, statement: Any, dialect: Any) -> "_Plan | None":
-        plan = cls._plans.get(id(statement))
+        key = (id(statement), dialect)
+        plan = cls._plans.get(key)
         if plan is None and cls._registered.get(id(statement)) is statement:
-            plan = cls._plans[id(statement)] = cls(statement, dialect)
+            plan = cls._plans[key] = cls(statement, dialect)
         return plan
 
     def __init__(self, statement: Any, dialect: Any) -> None:

@@ -103,24 +103,28 @@ def test_a_batch_waits_for_more_messages_at_most_its_fill_in_all():
     from hub.bootstrap import TopUp
 
     now = [0.0]
-    top = TopUp(0.005, clock=lambda: now[0])
+    top = TopUp(0.005, 200, clock=lambda: now[0])
     assert top.request(200, 1.0) == (1, 1.0)  # idle: one long pull of one message
-    top.got(1, 1)
+    top.got(1)
     now[0] = 0.002
     assert top.request(199, 0.998) == (199, pytest.approx(0.003))
-    top.got(1, 199)  # the trickle brought one more
+    top.got(1)  # the trickle brought one more
     now[0] = 0.0045
     assert top.request(198, 0.995) == (198, pytest.approx(0.0005))
-    top.got(1, 198)
+    top.got(1)
     now[0] = 0.0051
     with pytest.raises(NatsTimeout):  # FastStream hands the batch of three over now
         top.request(197, 0.99)
     assert top.request(200, 1.0) == (1, 1.0)  # the next batch starts with a long pull again
 
-    top.got(1, 1)
-    now[0] = 0.006
-    top.got(199, 199)  # under a backlog a batch fills at once: the next is fetched whole
-    now[0] = 0.009
-    assert top.request(200, 1.0) == (200, pytest.approx(0.002))
+    now[0] = 0.01
+    top.got(1)
+    now[0] = 0.012
+    assert top.request(199, 0.999) == (199, pytest.approx(0.003))
+    top.got(199)  # a backlog: the batch filled
+    now[0] = 0.5  # (its handling took a while)
+    assert top.request(200, 1.0) == (200, 0.005)  # the next is fetched whole, at once
+    top.got(200)
+    assert top.request(200, 1.0) == (200, 0.005)
     top.timed_out()  # nothing more came
     assert top.request(200, 1.0) == (1, 1.0)
