@@ -15,6 +15,7 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsBatchMessage
 from faststream.security import SASLPlaintext
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from hub import credentials, metrics
@@ -89,7 +90,6 @@ def _adjust_pull_fetch() -> None:
        steady trickle each top-up found one message, so a batch grew for as
        long as messages kept coming, up to 100 ms at 200 events/s. The bound is
        therefore on the whole top-up, from the batch's first message.)"""
-    from nats.errors import TimeoutError as NatsTimeout
     from nats.js.client import JetStreamContext as _JS
 
     original = _JS.PullSubscription.fetch
@@ -147,7 +147,6 @@ class TopUp:
         left = (self.until or 0.0) - self.clock()
         if left < 0.0002:  # (nats-py would ask the server for a pull that never expires)
             self.filled = False
-            from nats.errors import TimeoutError as NatsTimeout
             raise NatsTimeout
         return batch, left if timeout is None else min(timeout, left)
 

@@ -148,8 +148,6 @@ async def serialise_writers(conn: Any) -> None:
         await conn.execute(select(t.audit_head.c.id).where(t.audit_head.c.id == 1).with_for_update())
 
 
-# Statements run for every batch, built once: SQLAlchemy then reuses their compiled
-# form without rebuilding them and their cache keys on each call (values are bound).
 class _Rows:
     """A prepared statement's result: the part of SQLAlchemy's Result the repositories use."""
 
@@ -259,6 +257,8 @@ def prepared(statement: Any) -> Any:
     return statement
 
 
+# Statements run for every batch, built once and prepared: SQLite runs them compiled
+# (_Plan); PostgreSQL's SQLAlchemy reuses their compiled form and cache keys.
 _HEAD = prepared(select(t.audit_head).where(t.audit_head.c.id == 1))
 _HEAD_FOR_UPDATE = _HEAD.with_for_update()
 _SET_HEAD = prepared(update(t.audit_head).where(t.audit_head.c.id == 1).values(seq=bindparam("new_seq"),
