@@ -281,7 +281,6 @@ class Hub:
                             type(exc).__name__)
                 for m in raws:
                     await self._handle_alone(m)
-                self.relay.kick()
                 return
             # The database is unavailable, locked or chose this transaction to break a
             # deadlock: no message is at fault, so this never counts towards poison.
@@ -290,14 +289,19 @@ class Hub:
             for m in raws:
                 await m.nak(delay=2.0)
             return
-        self.relay.hold([r for out in outs for r in out.ready])
-        if any(out.outcome != "duplicate" for out in outs):
-            self.relay.kick()  # it runs once the acks below yield
+        self._hand_over(outs)  # the relay runs once the acks below yield
         for m, out in zip(raws, outs):
             await m.ack()  # only after the commit
             metrics.EVENTS_IN.labels(parse_subject(m.subject)[0], out.outcome).inc()
         metrics.PIPELINE_SECONDS.observe(time.perf_counter() - started)
         log.debug("committed %d inbound messages in %.1f ms", len(raws), 1000 * (time.perf_counter() - started))
+
+    def _hand_over(self, outs: list[Any]) -> None:
+        """Committed outcomes to the relay: the copies cut for their deliveries, and a
+        wake-up unless nothing new was recorded (duplicates only)."""
+        self.relay.hold([r for out in outs for r in out.ready])
+        if any(out.outcome != "duplicate" for out in outs):
+            self.relay.kick()
 
     async def _handle_alone(self, raw: Any) -> None:
         """One inbound message in its own transaction; a failure is retried with
@@ -325,9 +329,7 @@ class Hub:
                 log.exception("could not dead-letter a poison message; will be redelivered")
                 await raw.nak(delay=30.0)
                 return
-        self.relay.hold(list(out.ready))
-        if out.outcome != "duplicate":
-            self.relay.kick()
+        self._hand_over([out])
         await raw.ack()  # only after the commit
         metrics.EVENTS_IN.labels(kind, out.outcome).inc()
 

@@ -2,7 +2,7 @@
 
 Rows are written `pending` in the same transaction as their decisions; the
 relay sends each and marks it `delivered`. It sends the copies the inbound
-handler cut and handed it (`take`) while the person's consents are as they
+handler cut and handed it (`hold`) while the person's consents are as they
 were, and cuts any other from the stored event (`pipeline.recheck`). A
 crash between send and mark re-sends on restart under the same delivery id,
 which the broker's duplicate window (Nats-Msg-Id) or the recipient

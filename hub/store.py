@@ -119,8 +119,7 @@ async def insert_many(conn: _Conn, table: Any, rows: Sequence[dict]) -> None:
             compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
             names = tuple(compiled.positiontup or ())
             # a column default SQLAlchemy would fill in (or a named paramstyle): its own way
-            # the dialect's own form of each type (SQLite's DATETIME writes the text SQLAlchemy reads)
-            processors = [table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names]
+            processors = [_binder(table.c[n].type, conn.dialect) for n in names]
             _INSERTS[key] = (compiled.string, names, processors) if sorted(names) == sorted(columns) else None
         plan = _INSERTS[key]
         if plan is None:
@@ -129,6 +128,12 @@ async def insert_many(conn: _Conn, table: Any, rows: Sequence[dict]) -> None:
         sql, names, processors = plan
         params = [tuple(row[n] if p is None else p(row[n]) for n, p in zip(names, processors)) for row in group]
         await conn.executemany(sql, params)
+
+
+def _binder(type_: Any, dialect: Any) -> Any:
+    """A type's bind processor in this dialect's own form (None if values go as they
+    are): SQLite's DATETIME writes the text SQLAlchemy reads and compares."""
+    return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 def _independent(statement: Any) -> bool:
@@ -211,7 +216,7 @@ class _Plan:
         self.names = tuple(compiled.positiontup or ())
         self.fixed = {n: binds[n].value for n in self.names if not binds[n].required}  # literals: id == 1
         self.expanding = tuple(dict.fromkeys(n for n in self.names if binds[n].expanding))
-        self.binders = [binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in self.names]
+        self.binders = [_binder(binds[n].type, dialect) for n in self.names]
         columns = compiled._result_columns  # (key, name, objects, type) of each selected or returned column
         self.results = [rc[3].dialect_impl(dialect).result_processor(dialect, None) for rc in columns]
         self.row = _row_type(tuple(rc[0] for rc in columns))
@@ -824,7 +829,7 @@ class Audit(_Repo):
         return out
 
     async def head(self) -> Any:
-        return (await self.conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1))).one()
+        return (await self.conn.execute(_HEAD)).one()
 
     async def count(self, **where: Any) -> int:
         q = _matching(select(func.count()).select_from(t.audit), t.audit, **where)
