@@ -162,9 +162,8 @@ class OutboxRelay:
                 return 0
             verdicts = await recheck(uow, self.deps, rows, now, self._ready)
             sending = [(r, v) for r, v in zip(rows, verdicts) if v.send]
-            results = await asyncio.gather(
-                *(self.broker.send(r.delivery_id, r.address, v.payload, r.person_seq) for r, v in sending),
-                return_exceptions=True)
+            results = await self.broker.send_many(
+                [(r.delivery_id, r.address, v.payload, r.person_seq) for r, v in sending])
             done = [r for (r, _v), res in zip(sending, results) if res is None]
             await uow.deliveries.mark_delivered([r.delivery_id for r in done], now)
             await uow.audit.append_many(delivered_rows(self.audit, done, now))
