@@ -28,7 +28,7 @@ from hub.directory import Directory, load_directory
 from hub.nats_server import EmbeddedNats, signal_reload
 from hub.milestones import MilestoneTimer
 from hub.outbox import OutboxRelay
-from hub.pipeline import Deps, parse_subject, poison, process_inbound, process_inbound_batch
+from hub.pipeline import Deps, check_batch, commit_batch, parse_subject, poison, process_inbound
 from hub.settings import Settings
 from hub.store import UnitOfWorkFactory
 from hub.streams import (
@@ -162,6 +162,7 @@ class TopUp:
 FILL_S: dict[tuple[str, str], tuple[float, int]] = {}  # (stream, durable consumer) -> (top-up wait, batch)
 _adjust_pull_fetch()
 IDLE_PULL_S = 1.0
+STOP_GRACE_S = 10.0
 
 
 def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | None",
@@ -255,6 +256,8 @@ class Hub:
         self.relay: OutboxRelay
         self._tasks: list[asyncio.Task] = []
         self.largest_batch = 0  # the most inbound messages one transaction has taken so far
+        self._checked: asyncio.Queue = asyncio.Queue(maxsize=1)  # checked batches waiting to commit
+        self._closing = False
         self._http: httpx.AsyncClient | None = None
         self.api = create_app(self)
         self.started = False
@@ -265,16 +268,39 @@ class Hub:
         return build_broker(self.settings, self.identity, self.handle_inbound)
 
     async def handle_inbound(self, batch: NatsBatchMessage) -> None:
-        """One pull batch, in stream order, in one transaction (group commit):
-        acked only after it committed. Two messages about one person are thus
-        never reordered within a worker. If the batch fails, each message is
-        handled on its own, in order, so one bad message cannot hold back or
-        poison the rest."""
+        """One pull batch, in stream order: checked here (validation and adaptation,
+        no database), then committed by `_commit_in_order`, one batch at a time in
+        the order they came. So the consumer fetches and checks the next batch while
+        this one waits for the database's write lock (the relay holds it while the
+        stream acks its deliveries) or commits, and two messages about one person
+        are never reordered within a worker. At most one checked batch waits its
+        turn; the consumer waits behind it."""
         raws = list(batch.raw_message)
+        if self._closing:  # stopping: another worker (or this one, restarted) takes them now
+            for m in raws:
+                await m.nak()
+            return
         self.largest_batch = max(self.largest_batch, len(raws))
         started = time.perf_counter()
+        checked = check_batch(self.deps, [(m.subject, m.data) for m in raws])
+        await self._checked.put((raws, checked, started))
+
+    async def _commit_in_order(self) -> None:
+        while True:
+            raws, checked, started = await self._checked.get()
+            try:
+                await self._commit(raws, checked, started)
+            except Exception:  # noqa: BLE001 - not acked: JetStream redelivers them; the task lives on
+                log.exception("inbound batch of %d could not be handled; it will be redelivered", len(raws))
+            finally:
+                self._checked.task_done()
+
+    async def _commit(self, raws: list[Any], checked: list[Any], started: float) -> None:
+        """A checked batch in one transaction (group commit), acked only after it
+        committed. If it fails, each message is handled on its own, in order, so
+        one bad message cannot hold back or poison the rest."""
         try:
-            outs = await process_inbound_batch(self.deps, [(m.subject, m.data) for m in raws], via="broker")
+            outs = await commit_batch(self.deps, checked, via="broker")
         except Exception as exc:  # noqa: BLE001 - sorted below
             if not _transient(exc):
                 log.warning("inbound batch of %d failed (%s); handling each message alone", len(raws),
@@ -361,6 +387,8 @@ class Hub:
                                              on_fired=self.relay.kick)
             FILL_S[(INBOUND_STREAM, INBOUND_CONSUMER)] = (self.settings.inbound_batch_wait_s,
                                                           self.settings.inbound_batch)
+            self._closing = False
+            self._tasks.append(asyncio.create_task(self._commit_in_order(), name="inbound-commit"))
             await self.broker.start()
             self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
         self.started = True
@@ -369,6 +397,11 @@ class Hub:
                  self.engine.url.get_backend_name())
 
     async def stop(self) -> None:
+        self._closing = True
+        try:  # what was checked is committed and acked before the connection goes
+            await asyncio.wait_for(self._checked.join(), STOP_GRACE_S)
+        except TimeoutError:
+            log.warning("stopping with inbound messages not yet committed; JetStream redelivers them")
         if getattr(self, "milestones", None) is not None:
             self.milestones.stop()
         if getattr(self, "relay", None) is not None:

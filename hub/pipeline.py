@@ -101,12 +101,27 @@ async def process_inbound_batch(deps: Deps, messages: Sequence[tuple[str, bytes]
     """Several inbound messages, in the order given, in one transaction (group
     commit): all their outcomes commit together or none does. Each is handled
     exactly as it would be alone, after the ones before it, so two messages
-    about one person keep their order. Validation runs before the transaction."""
+    about one person keep their order."""
+    return await commit_batch(deps, check_batch(deps, messages), via=via)
+
+
+Checked = tuple[str, str, bytes, "CanonicalEvent | Rejected"]  # (kind, subject, data, its adapter's outcome)
+
+
+def check_batch(deps: Deps, messages: Sequence[tuple[str, bytes]]) -> list[Checked]:
+    """The first half of process_inbound_batch: validation and adaptation, no
+    database. A worker runs it for the next batch while the one before commits."""
     checked = []
     for subject, data in messages:
         kind, org_id, errors = parse_subject(subject)
         result = Rejected(tuple(errors)) if errors else check(kind, data, org_id=org_id, deps=deps)
         checked.append((kind, subject, data, result))
+    return checked
+
+
+async def commit_batch(deps: Deps, checked: list[Checked], *, via: str = "broker") -> list[InboundResult]:
+    """The second half of process_inbound_batch: the checked messages' outcomes,
+    in order, in one transaction."""
     out = []
     async with deps.uow() as uow:
         for segment in _segments(checked):

@@ -18,7 +18,7 @@ def settings(settings):
 
 
 async def test_poison_message_is_dead_lettered_after_bounded_attempts_and_the_stream_flows(hub, creds, monkeypatch):
-    real, real_batch = bootstrap.process_inbound, bootstrap.process_inbound_batch
+    real, real_batch = bootstrap.process_inbound, bootstrap.commit_batch
     calls = {"poison": 0}
 
     async def flaky(deps, subject, data, via="broker"):
@@ -27,14 +27,14 @@ async def test_poison_message_is_dead_lettered_after_bounded_attempts_and_the_st
             raise RuntimeError("a bug that this message triggers")
         return await real(deps, subject, data, via=via)
 
-    async def flaky_batch(deps, messages, via="broker"):
-        if any(b"POISON" in data for _, data in messages):
+    async def flaky_batch(deps, checked, via="broker"):
+        if any(b"POISON" in data for _, _, data, _ in checked):
             raise RuntimeError("a bug that this message triggers")  # the whole group commit fails...
-        return await real_batch(deps, messages, via=via)
+        return await real_batch(deps, checked, via=via)
 
     # ...and then each of its messages is tried on its own: only the bad one fails there
     monkeypatch.setattr(bootstrap, "process_inbound", flaky)
-    monkeypatch.setattr(bootstrap, "process_inbound_batch", flaky_batch)
+    monkeypatch.setattr(bootstrap, "commit_batch", flaky_batch)
     await record_consent(hub, creds)
     gp = await creds.issue("publisher", "B86001")
     nc = await connect_as(hub, gp, "B86001")
