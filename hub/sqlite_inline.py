@@ -119,6 +119,7 @@ class Connection:
         self._connection = conn  # the adapter checks this to know the connection is open
         self._tx = _Immediately()
         self._timeout = timeout
+        self.commit_off_loop = False  # the next commit is a large one: see commit()
 
     def __await__(self):  # `await_(connection)` in the adapter's connect()
         async def itself() -> "Connection":
@@ -142,7 +143,15 @@ class Connection:
         return Cursor(self._conn.cursor(), self._timeout)
 
     async def commit(self) -> None:
-        await _patiently(self._timeout, self._conn.commit)
+        """A large commit (its unit of work says so, `commit_off_loop`) is made on a
+        worker thread: writing a batch's pages to the log is SQLite's own work, done
+        without the GIL, so the event loop serves the broker and checks the next
+        batch meanwhile. A small one is not worth the thread hop."""
+        if self.commit_off_loop:
+            self.commit_off_loop = False
+            await asyncio.to_thread(self._conn.commit)
+        else:
+            await _patiently(self._timeout, self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()

@@ -89,3 +89,46 @@ def test_only_statements_built_once_are_prepared():
     dialect = sqlite_dialect.dialect()
     assert store._Plan.of(select(t.audit_head), dialect) is None  # built per call: SQLAlchemy runs it
     assert store._Plan.of(store._HEAD, dialect) is store._Plan.of(store._HEAD, dialect)
+
+
+async def test_a_large_commit_is_made_off_the_event_loop_and_a_small_one_on_it(hub, monkeypatch):
+    """SQLite: a transaction that inserted COMMIT_OFF_LOOP_ROWS rows or more commits
+    on a worker thread (its log writes need no GIL); what it wrote is committed all
+    the same. PostgreSQL has no such path."""
+    import threading
+
+    from hub import sqlite_inline
+
+    threads = []
+    real_commit = sqlite3.Connection.commit
+
+    def commit_where(conn):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real_commit(conn)
+
+    real_to_thread = sqlite_inline.asyncio.to_thread
+
+    async def to_thread(fn, *args):
+        if getattr(fn, "__self__", None) is not None and getattr(fn, "__name__", "") == "commit":
+            return await real_to_thread(commit_where, fn.__self__)
+        return await real_to_thread(fn, *args)
+
+    monkeypatch.setattr(sqlite_inline.asyncio, "to_thread", to_thread)
+
+    async def append(n: int) -> None:
+        async with hub.deps.uow() as uow:
+            await uow.audit.append_many([hub.audit.row("test.row", actor="test", at=hub.clock.now(),
+                                                       detail={"i": i}) for i in range(n)])
+            await uow.commit()
+
+    async def count() -> int:
+        async with hub.deps.uow() as uow:
+            return await uow.audit.count(action="test.row")
+
+    await append(store.COMMIT_OFF_LOOP_ROWS - 1)
+    await append(store.COMMIT_OFF_LOOP_ROWS)
+    assert await count() == 2 * store.COMMIT_OFF_LOOP_ROWS - 1
+    if hub.settings.db_url.startswith("sqlite"):
+        assert threads == [False]  # only the large one, and on a worker thread
+    else:
+        assert threads == []
