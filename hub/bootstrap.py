@@ -257,6 +257,8 @@ class Hub:
         self._tasks: list[asyncio.Task] = []
         self.largest_batch = 0  # the most inbound messages one transaction has taken so far
         self._checked: asyncio.Queue = asyncio.Queue(maxsize=1)  # checked batches waiting to commit
+        self._committing = False
+        self.checked_ahead = 0  # batches checked while the one before was committing
         self._closing = False
         self._http: httpx.AsyncClient | None = None
         self.api = create_app(self)
@@ -283,16 +285,25 @@ class Hub:
         self.largest_batch = max(self.largest_batch, len(raws))
         started = time.perf_counter()
         checked = check_batch(self.deps, [(m.subject, m.data) for m in raws])
+        if self._committing:
+            self.checked_ahead += 1
         await self._checked.put((raws, checked, started))
+        if len(raws) < self.settings.inbound_batch:
+            # Not a backlog: wait until it is committed, so that the next batch takes
+            # all that arrives meanwhile. (Fetched at once, it would hold a message or
+            # two, and many small transactions cost more than a few large ones.)
+            await self._checked.join()
 
     async def _commit_in_order(self) -> None:
         while True:
             raws, checked, started = await self._checked.get()
+            self._committing = True
             try:
                 await self._commit(raws, checked, started)
             except Exception:  # noqa: BLE001 - not acked: JetStream redelivers them; the task lives on
                 log.exception("inbound batch of %d could not be handled; it will be redelivered", len(raws))
             finally:
+                self._committing = False
                 self._checked.task_done()
 
     async def _commit(self, raws: list[Any], checked: list[Any], started: float) -> None:

@@ -143,10 +143,13 @@ class Connection:
         return Cursor(self._conn.cursor(), self._timeout)
 
     async def commit(self) -> None:
-        """A large commit (its unit of work says so, `commit_off_loop`) is made on a
-        worker thread: writing a batch's pages to the log is SQLite's own work, done
-        without the GIL, so the event loop serves the broker and checks the next
-        batch meanwhile. A small one is not worth the thread hop."""
+        """A large commit (its unit of work says so, `commit_off_loop`: a backlog's
+        batch) is made on a worker thread: writing a batch's pages to the log is
+        SQLite's own work, done without the GIL, so the event loop serves the broker
+        and checks the next batch meanwhile. A small one stays here: the hop would
+        cost more than it frees, and the thread may wait for the GIL (up to Python's
+        5 ms switch interval) to hand its result back, which at a trickle only adds
+        latency."""
         if self.commit_off_loop:
             self.commit_off_loop = False
             await asyncio.to_thread(self._conn.commit)

@@ -857,7 +857,7 @@ class Audit(_Repo):
         return list((await self.conn.execute(q.order_by(t.audit.c.seq).limit(limit))).all())
 
 
-COMMIT_OFF_LOOP_ROWS = 100  # a transaction that inserted this many rows commits on a worker thread (SQLite)
+COMMIT_OFF_LOOP_ROWS = 1000  # a transaction that inserted this many rows (a backlog batch of ~65 events) commits on a worker thread (SQLite)
 
 
 class UnitOfWork:

@@ -27,6 +27,40 @@ def consent_for(nhs: str) -> dict:
 
 
 async def test_events_about_one_person_keep_their_order_under_concurrency(hub, creds):
+    await publish_interleaved_and_check_order(hub, creds)
+
+
+async def test_batches_checked_ahead_of_their_commit_still_commit_in_order(settings, clock, monkeypatch):
+    """Full batches (a backlog): the worker checks the next batch while the one
+    before it waits for the write lock or commits. Order and numbers still hold.
+    Commits are held back until everything is published, so a backlog builds up
+    behind them, and then each takes a little longer than a fetch, whatever the
+    speed of the machine."""
+    import asyncio
+
+    import hub.bootstrap as bootstrap
+    from tests.conftest import Creds
+
+    published = asyncio.Event()
+    real = bootstrap.commit_batch
+
+    async def after_publishing(deps, checked, via="broker"):
+        await published.wait()
+        await asyncio.sleep(0.02)
+        return await real(deps, checked, via=via)
+
+    monkeypatch.setattr(bootstrap, "commit_batch", after_publishing)
+    hub = bootstrap.Hub(settings.model_copy(update={"inbound_batch": 3}), clock=clock)
+    await hub.start()
+    try:
+        await publish_interleaved_and_check_order(hub, Creds(hub), then=published.set)
+        assert hub.largest_batch >= 3
+        assert hub.checked_ahead > 0  # otherwise this test proves nothing
+    finally:
+        await hub.stop()
+
+
+async def publish_interleaved_and_check_order(hub, creds, then=lambda: None) -> None:
     from hub.consents import create
 
     async with hub.deps.uow() as uow:
@@ -47,6 +81,7 @@ async def test_events_about_one_person_keep_their_order_under_concurrency(hub, c
             order[event_id("fit-note", "B86001", msg["fit_note"]["id"], 1)] = (nhs, i)
             await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(msg), stream="HUB_INBOUND")
     await nc.close()
+    then()
     total = len(PEOPLE) * NOTES_EACH
     await settled(hub, total, timeout=30)
 
