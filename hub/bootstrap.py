@@ -220,6 +220,15 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
 ROLES = ("all", "worker", "api")
 
 
+def _more_waiting(last: Any) -> bool:
+    """Whether the consumer had more messages waiting after this one (JetStream
+    says so in each message's metadata): a backlog."""
+    try:
+        return bool(last.metadata.num_pending)
+    except Exception:  # noqa: BLE001 - no JetStream metadata: assume not
+        return False
+
+
 class Hub:
     """One hub process. Its role says which edges it runs:
 
@@ -288,7 +297,7 @@ class Hub:
         if self._committing:
             self.checked_ahead += 1
         await self._checked.put((raws, checked, started))
-        if len(raws) < self.settings.inbound_batch:
+        if not _more_waiting(raws[-1]):
             # Not a backlog: wait until it is committed, so that the next batch takes
             # all that arrives meanwhile. (Fetched at once, it would hold a message or
             # two, and many small transactions cost more than a few large ones.)

@@ -119,7 +119,6 @@ class Connection:
         self._connection = conn  # the adapter checks this to know the connection is open
         self._tx = _Immediately()
         self._timeout = timeout
-        self.commit_off_loop = False  # the next commit is a large one: see commit()
 
     def __await__(self):  # `await_(connection)` in the adapter's connect()
         async def itself() -> "Connection":
@@ -143,18 +142,7 @@ class Connection:
         return Cursor(self._conn.cursor(), self._timeout)
 
     async def commit(self) -> None:
-        """A large commit (its unit of work says so, `commit_off_loop`: a backlog's
-        batch) is made on a worker thread: writing a batch's pages to the log is
-        SQLite's own work, done without the GIL, so the event loop serves the broker
-        and checks the next batch meanwhile. A small one stays here: the hop would
-        cost more than it frees, and the thread may wait for the GIL (up to Python's
-        5 ms switch interval) to hand its result back, which at a trickle only adds
-        latency."""
-        if self.commit_off_loop:
-            self.commit_off_loop = False
-            await asyncio.to_thread(self._conn.commit)
-        else:
-            await _patiently(self._timeout, self._conn.commit)
+        await _patiently(self._timeout, self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()

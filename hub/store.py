@@ -47,7 +47,6 @@ class _Conn:
         self._pending: dict[str, list[dict]] = {name: [] for name in BUFFERED}
         self._waiting = False
         self._broken = False
-        self.rows_inserted = 0  # by executemany, in this transaction
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -75,7 +74,6 @@ class _Conn:
 
     async def executemany(self, sql: str, params: list[tuple]) -> None:
         """One compiled statement (this dialect's SQL) for many rows of parameters."""
-        self.rows_inserted += len(params)
         if self._sqlite is not None:
             _raw(self._sqlite.executemany, sql, params)
         else:
@@ -857,9 +855,6 @@ class Audit(_Repo):
         return list((await self.conn.execute(q.order_by(t.audit.c.seq).limit(limit))).all())
 
 
-COMMIT_OFF_LOOP_ROWS = 1000  # a transaction that inserted this many rows (a backlog batch of ~65 events) commits on a worker thread (SQLite)
-
-
 class UnitOfWork:
     """`async with uow_factory() as uow: ...; await uow.commit()` — one transaction.
     Leaving the block without commit rolls back."""
@@ -885,10 +880,9 @@ class UnitOfWork:
             await self._raw.close()  # give the connection back: a locked database must not leak it
             self._release()
             raise
-        sqlite = self._driver = None
+        sqlite = None
         if self._raw.dialect.name == "sqlite":
-            self._driver = (await self._raw.get_raw_connection()).driver_connection  # a sqlite_inline.Connection
-            sqlite = self._driver.raw
+            sqlite = (await self._raw.get_raw_connection()).driver_connection.raw
         c = self.conn = _Conn(self._raw, sqlite)
         self.events = Events(c)
         self.person_seq = PersonSeq(c)
@@ -922,8 +916,6 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         await self.conn.flush()
-        if self._driver is not None and self.conn.rows_inserted >= COMMIT_OFF_LOOP_ROWS:
-            self._driver.commit_off_loop = True  # SQLite: a batch's commit, off the event loop's thread
         await self._raw.commit()
         # Done writing: let the next writer in now (on SQLite), not only when the block
         # ends, so that work after the commit (a publish) never holds the others up.
