@@ -281,11 +281,11 @@ class Hub:
     async def handle_inbound(self, batch: NatsBatchMessage) -> None:
         """One pull batch, in stream order: checked here (validation and adaptation,
         no database), then committed by `_commit_in_order`, one batch at a time in
-        the order they came. So the consumer fetches and checks the next batch while
-        this one waits for the database's write lock (the relay holds it while the
-        stream acks its deliveries) or commits, and two messages about one person
-        are never reordered within a worker. At most one checked batch waits its
-        turn; the consumer waits behind it."""
+        the order they came, so two messages about one person are never reordered
+        within a worker. During a backlog the consumer fetches and checks the next
+        batch while this one waits for the database's write lock (the relay holds
+        it while the stream acks its deliveries) or commits; at most one checked
+        batch waits its turn, and the consumer waits behind it."""
         raws = list(batch.raw_message)
         if self._closing:  # stopping: another worker (or this one, restarted) takes them now
             for m in raws:
