@@ -287,13 +287,17 @@ class Hub:
         it while the stream acks its deliveries) or commits; at most one checked
         batch waits its turn, and the consumer waits behind it."""
         raws = list(batch.raw_message)
-        if self._closing:  # stopping: another worker (or this one, restarted) takes them now
+        if self._closing:  # stopping: another worker (or this one, restarted) takes them shortly
             for m in raws:
-                await m.nak()
+                await m.nak(delay=1.0)  # (not at once: this consumer would fetch them again and again)
             return
         self.largest_batch = max(self.largest_batch, len(raws))
         started = time.perf_counter()
-        checked = check_batch(self.deps, [(m.subject, m.data) for m in raws])
+        try:
+            checked = check_batch(self.deps, [(m.subject, m.data) for m in raws])
+        except Exception as exc:  # noqa: BLE001 - an adapter's bug: each message alone, in its turn
+            log.warning("checking an inbound batch of %d failed (%s)", len(raws), type(exc).__name__)
+            checked = None
         if self._committing:
             self.checked_ahead += 1
         await self._checked.put((raws, checked, started))
@@ -315,11 +319,13 @@ class Hub:
                 self._committing = False
                 self._checked.task_done()
 
-    async def _commit(self, raws: list[Any], checked: list[Any], started: float) -> None:
+    async def _commit(self, raws: list[Any], checked: list[Any] | None, started: float) -> None:
         """A checked batch in one transaction (group commit), acked only after it
         committed. If it fails, each message is handled on its own, in order, so
         one bad message cannot hold back or poison the rest."""
         try:
+            if checked is None:
+                raise RuntimeError("the batch could not be checked")
             outs = await commit_batch(self.deps, checked, via="broker")
         except Exception as exc:  # noqa: BLE001 - sorted below
             if not _transient(exc):
@@ -408,6 +414,7 @@ class Hub:
             FILL_S[(INBOUND_STREAM, INBOUND_CONSUMER)] = (self.settings.inbound_batch_wait_s,
                                                           self.settings.inbound_batch)
             self._closing = False
+            self._checked = asyncio.Queue(maxsize=1)  # (a stop that ran out of grace left its batches behind)
             self._tasks.append(asyncio.create_task(self._commit_in_order(), name="inbound-commit"))
             await self.broker.start()
             self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))

@@ -16,6 +16,7 @@ import httpx
 import orjson
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from hub.directory import Directory
 from hub.streams import DELIVER_STREAM
@@ -71,7 +72,10 @@ class BrokerChannel:
             return []
         if self._inbox is None:
             inbox = self.nc.new_inbox()
-            await self.nc.subscribe(inbox + ".*", cb=self._on_ack)
+            try:
+                await self.nc.subscribe(inbox + ".*", cb=self._on_ack)
+            except Exception as exc:  # noqa: BLE001 - closed or draining: every delivery is retried
+                return [DeliveryFailed(f"broker publish failed: {type(exc).__name__}")] * len(items)
             self._inbox = inbox + "."
         acks = _Acks(len(items))
         tokens = []
@@ -108,7 +112,15 @@ def _ack_error(msg: Msg) -> str | None:
         reply = orjson.loads(msg.data)
     except orjson.JSONDecodeError:
         return "InvalidAck"
-    if not isinstance(reply, dict) or "error" in reply or "stream" not in reply:
+    if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+        try:
+            APIError.from_error(reply["error"])  # raises BadRequestError, ServiceUnavailableError, ...
+        except APIError as exc:
+            return type(exc).__name__
+        except Exception:  # noqa: BLE001 - a malformed error reply
+            pass
+        return "APIError"
+    if not isinstance(reply, dict) or "stream" not in reply:
         return "APIError"
     return None
 

@@ -63,7 +63,7 @@ async def test_each_delivery_not_stored_fails_on_its_own_and_says_why(hub):
     assert results[0] is None and results[4] is None
     assert [(type(r), r.error, r.retryable) for r in results[1:4]] == [
         (DeliveryFailed, "broker publish failed: NoStreamResponseError", True),
-        (DeliveryFailed, "broker publish failed: APIError", True),
+        (DeliveryFailed, "broker publish failed: BadRequestError", True),  # as nats-py's js.publish names it
         (DeliveryFailed, "broker publish failed: TimeoutError", True),
     ]
     assert set(await stored(hub)) == {"a:EMP-ACME", "e:EMP-ACME"}
@@ -95,3 +95,13 @@ async def test_a_closed_connection_fails_every_delivery_without_waiting(hub):
     results = await channel.send_many([("b:EMP-ACME", "hub.deliver.EMP-ACME", b"x", 1)] * 2)
     assert [r.error for r in results] == ["broker publish failed: ConnectionClosedError"] * 2
     assert loop.time() - started < 5  # not the 30 s ack timeout
+
+
+async def test_a_channel_first_used_on_a_closed_connection_fails_every_delivery(hub):
+    import nats
+
+    nc = await nats.connect(hub.settings.broker_url, user=hub.identity.user, password=hub.identity.password)
+    channel = BrokerChannel(nc.jetstream())
+    await nc.close()
+    results = await channel.send_many([("a:EMP-ACME", "hub.deliver.EMP-ACME", b"x", 1)] * 2)
+    assert [r.error for r in results] == ["broker publish failed: ConnectionClosedError"] * 2

@@ -58,3 +58,22 @@ async def test_poison_message_is_dead_lettered_after_bounded_attempts_and_the_st
                                                    "to resubmit once the cause is fixed"}]
     info = await hub.js.consumer_info("HUB_INBOUND", "hub-inbound")
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_batch_whose_checking_fails_is_handled_message_by_message(hub, creds, monkeypatch):
+    """A bug in validation or adaptation (check_batch raising) is treated as a
+    failed batch: each message is then handled alone, in order, and acked."""
+    def broken(deps, messages):
+        raise RuntimeError("an adapter bug")
+
+    monkeypatch.setattr(bootstrap, "check_batch", broken)
+    await record_consent(hub, creds)
+    gp = await creds.issue("publisher", "B86001")
+    nc = await connect_as(hub, gp, "B86001")
+    js = nc.jetstream()
+    for _ in range(3):
+        await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(fit_note()), stream="HUB_INBOUND")
+    await nc.close()
+    await settled(hub, 3, timeout=15)
+    info = await hub.js.consumer_info("HUB_INBOUND", "hub-inbound")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
