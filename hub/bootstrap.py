@@ -323,9 +323,11 @@ class Hub:
         """A checked batch in one transaction (group commit), acked only after it
         committed. If it fails, each message is handled on its own, in order, so
         one bad message cannot hold back or poison the rest."""
+        if checked is None:  # checking it raised (handle_inbound logged it): each message alone
+            for m in raws:
+                await self._handle_alone(m)
+            return
         try:
-            if checked is None:
-                raise RuntimeError("the batch could not be checked")
             outs = await commit_batch(self.deps, checked, via="broker")
         except Exception as exc:  # noqa: BLE001 - sorted below
             if not _transient(exc):

@@ -53,7 +53,9 @@ class BrokerChannel:
     (`make bench` showed a pass of 400 taking 60 ms). Here every message gets
     its own reply subject under one inbox the channel subscribes to once, and the
     acks are matched to their deliveries as they arrive: about 16 us a message,
-    and the pass waits for the slowest ack rather than for each in turn. A
+    and the pass waits for the slowest ack rather than for each in turn.
+    (nats-py's own `js.publish_async` matches acks the same way but still makes
+    a future, a semaphore wait and a JSON parse per message: measured, 39-44 us.) A
     delivery whose ack does not come within `timeout` failed (it is retried
     under the same Nats-Msg-Id, so a late ack only means a duplicate the stream
     drops)."""
