@@ -21,7 +21,7 @@ from consent.model import ConsentBasis, ConsentRecord, Decision
 from schemas.ukdate import format_day
 from hub.routing import Candidate
 from schemas.events import CanonicalEvent
-from schemas.fhir import uuid5
+from schemas.fhir import ordered_uuid
 from schemas.vocab import CORE_CATEGORY, RECIPIENT_MAXIMUM, RECIPIENT_PURPOSE, Category, RecipientType
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def gate(
                               now=now)
             if decision.outcome == "deny" and overrides:
                 decision = _break_glass(decision, overrides, org.id, purpose, now)
-        decision_id = uuid5(_DECISION_NS, f"{event.event_id}|{org.id}|{category}")
+        decision_id = ordered_uuid(now, _DECISION_NS, f"{event.event_id}|{org.id}|{category}")
         results.append(CategoryDecision(decision_id, category, decision))
         if decision.outcome == "permit":
             permitted.add(category)

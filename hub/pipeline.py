@@ -36,7 +36,7 @@ from hub.signposting import notice_bundle
 from hub.store import UnitOfWork, UnitOfWorkFactory
 from hub.streams import deliver_subject
 from schemas.events import CanonicalEvent, Facts, FieldError, Rejected
-from schemas.fhir import uuid5
+from schemas.fhir import ordered_uuid
 from schemas.vocab import CORE_CATEGORY, SOURCE_KINDS, EventType
 
 log = logging.getLogger(__name__)
@@ -661,8 +661,7 @@ async def _decide_again(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datet
         if g.deliver and set(r.categories) <= g.permitted:
             verdicts.append(Verdict(r.delivery_id, True, await payload_of(uow, deps, r)))
             continue
-        stamp = now.isoformat()
-        changed = [{**d, "decision_id": uuid5(_RECHECK_NS, f"{d['decision_id']}|{stamp}")}
+        changed = [{**d, "decision_id": ordered_uuid(now, _RECHECK_NS, d["decision_id"])}
                    for d in _decision_rows(event, g, now)]
         await uow.decisions.add_many(changed)
         if g.deliver:  # narrowed: cut again from the event with what is still permitted
