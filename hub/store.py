@@ -302,11 +302,24 @@ class _Repo:
 
 
 def _matching(q, table, **equal: Any):
-    """Add `column == value` for every filter that was given (None means "any")."""
+    """Add `column == value` for every filter that was given (None means "any").
+    An event id on decisions or deliveries also names the event's person: those
+    tables are indexed by person, not by event (see `of_events`)."""
     for column, value in equal.items():
         if value is not None:
-            q = q.where(table.c[column] == value)
+            by_person = column == "event_id" and table in (t.decisions, t.deliveries)
+            q = q.where(of_events(table, [value]) if by_person else table.c[column] == value)
     return q
+
+
+def of_events(table: Any, event_ids: Sequence[str]) -> Any:
+    """The condition "this row is about one of these events", for a table with
+    `event_id` and `nhs_number` columns and an index by person but none by event:
+    the events' people are looked up first, then their rows. Each index on those
+    tables costs every event a page written at a random place in it (`make
+    profile`), and an event's rows are never wanted without knowing its person."""
+    people = select(t.events.c.nhs_number).where(t.events.c.event_id.in_(list(event_ids)))
+    return and_(table.c.nhs_number.in_(people), table.c.event_id.in_(list(event_ids)))
 
 
 class Events(_Repo):
@@ -535,7 +548,7 @@ class Deliveries(_Repo):
         if not event_ids:
             return []
         c = t.deliveries.c
-        q = (select(c.recipient_id).where(c.event_id.in_(list(event_ids)),
+        q = (select(c.recipient_id).where(of_events(t.deliveries, event_ids),
                                           c.state.in_(("pending", "retrying", "delivered")))
              .distinct())
         return list((await self.conn.execute(q)).scalars())
