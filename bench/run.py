@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import platform
+import random
 import signal
 import sqlite3
 import subprocess
@@ -48,16 +49,20 @@ RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS")  # the example note with the exampl
 # --- inputs ----------------------------------------------------------------------------------
 
 
-def nhs_numbers(start: int = 100_000_000):
-    """Valid NHS numbers (modulus 11 check digit), in order."""
-    n = start
+def nhs_numbers(seed: int = 100_000_000):
+    """Distinct valid NHS numbers (modulus 11 check digit), spread at random over the
+    number space as real patients' are, the same ones for the same seed. (Numbers in
+    order would put each new row at the end of every index by person, one page for
+    a whole batch, and flatter the hub.)"""
+    rng, seen = random.Random(seed), set()
     while True:
+        n = rng.randrange(100_000_000, 1_000_000_000)
         digits = [int(d) for d in f"{n:09d}"]
         check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1))) % 11
-        n += 1
-        if check == 10:
+        if check == 10 or n in seen:
             continue
-        yield f"{n - 1:09d}{0 if check == 11 else check}"
+        seen.add(n)
+        yield f"{n:09d}{0 if check == 11 else check}"
 
 
 def fit_note(nhs: str, i: int, run: str) -> tuple[str, bytes]:
