@@ -13,6 +13,7 @@ import hmac
 import sqlite3
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -97,7 +98,7 @@ class _Conn:
             raise
 
 
-_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[str, ...], list] | None] = {}
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, Any, list] | None] = {}  # (SQL, row -> values, converters)
 
 
 async def insert_many(conn: _Conn, table: Any, rows: Sequence[dict]) -> None:
@@ -119,14 +120,20 @@ async def insert_many(conn: _Conn, table: Any, rows: Sequence[dict]) -> None:
             compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
             names = tuple(compiled.positiontup or ())
             # a column default SQLAlchemy would fill in (or a named paramstyle): its own way
-            processors = [_binder(table.c[n].type, conn.dialect) for n in names]
-            _INSERTS[key] = (compiled.string, names, processors) if sorted(names) == sorted(columns) else None
+            convert = [(i, p) for i, n in enumerate(names) if (p := _binder(table.c[n].type, conn.dialect))]
+            values = itemgetter(*names) if len(names) > 1 else lambda row, n=names[0]: (row[n],)
+            _INSERTS[key] = (compiled.string, values, convert) if sorted(names) == sorted(columns) else None
         plan = _INSERTS[key]
         if plan is None:
             await conn._conn.execute(insert(table), group)
             continue
-        sql, names, processors = plan
-        params = [tuple(row[n] if p is None else p(row[n]) for n, p in zip(names, processors)) for row in group]
+        sql, values, convert = plan
+        params = []
+        for row in group:
+            args = list(values(row))
+            for i, process in convert:
+                args[i] = process(args[i])
+            params.append(tuple(args))
         await conn.executemany(sql, params)
 
 
