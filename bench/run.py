@@ -9,7 +9,10 @@ only publishes and listens; each measurement is taken at the recipient side, on
 the delivery subjects (hub.deliver.<org_id>), from the Nats-Msg-Id each delivery
 carries (<event id>:<org_id>).
 
-Writes bench/results.json and prints a table; the headline is ratio = hub/floor.
+The floor and the hub take turns (--rounds hub runs, each between two floor runs),
+because this kind of machine's speed drifts within minutes: the headline, ratio =
+hub/floor, is the median of the rounds, each compared with the floors either side.
+Writes bench/results.json and prints a table.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import platform
 import random
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -241,14 +245,15 @@ async def floor(url: str, n: int, batch: int, run: str = "floor") -> float:
     return n / (t1 - t0)
 
 
-async def hub_and_latency(url: str, data_dir: Path, n: int, loads: list[int], seconds: float) -> dict:
+async def hub_and_latency(url: str, data_dir: Path, n: int, loads: list[int], seconds: float,
+                          run: str = "backlog") -> dict:
     persons_gen = nhs_numbers()
     per_load = {load: int(load * seconds) for load in loads}
     persons = [next(persons_gen) for _ in range(n + sum(per_load.values()))]
     await seed(url, data_dir, persons)
     nc = await nats.connect(url)
     js = nc.jetstream()
-    backlog = [fit_note(persons[i], i, "backlog") for i in range(n)]
+    backlog = [fit_note(persons[i], i, run) for i in range(n)]
     await publish_backlog(js, f"hub.inbound.fit-note.{GP}", backlog)
     listener = Listener()
     listener.expect(2 * n)
@@ -382,20 +387,30 @@ async def main(args) -> dict:
             stop(nats_proc)
         nats_proc, url = start_nats(tmp_path / "nats")
         try:
-            # The floor before and after the hub: this VM's speed drifts, and the ratio
-            # compares the hub with the floor around it.
-            floors = [await floor(url, args.floor_events, args.batch, "floor-before")]
-            hub = await hub_and_latency(url, tmp_path / "hub", args.events, loads, args.seconds)
-            floors.append(await floor(url, args.floor_events, args.batch, "floor-after"))
-            floor_eps = sum(floors) / len(floors)
+            # Floor and hub take turns (floor, hub, floor, hub, ..., floor): this VM's speed
+            # drifts by tens of percent within minutes, so each hub round is compared with
+            # the floors just before and after it, and the headline is the median round.
+            # Each hub round is a new hub on a new database with its own backlog; the last
+            # one goes on to the offered loads.
+            floors = [await floor(url, args.floor_events, args.batch, "floor-0")]
+            hubs = []
+            for r in range(args.rounds):
+                last = r == args.rounds - 1
+                hub = await hub_and_latency(url, tmp_path / f"hub-{r}", args.events, loads if last else [],
+                                            args.seconds, run=f"backlog-{r}")
+                hubs.append(hub.pop("hub_eps"))
+                floors.append(await floor(url, args.floor_events, args.batch, f"floor-{r + 1}"))
         finally:
             stop(nats_proc)
+    ratios = [h / ((floors[i] + floors[i + 1]) / 2) for i, h in enumerate(hubs)]
     lat = hub.pop("latency")
     return {
-        "floor_eps": round(floor_eps, 1),
-        "floor_eps_before_after": [round(f, 1) for f in floors],
-        "hub_eps": round(hub.pop("hub_eps"), 1),
-        "ratio": round(0, 3),
+        "floor_eps": round(statistics.median(floors), 1),
+        "floor_eps_rounds": [round(f, 1) for f in floors],
+        "hub_eps": round(statistics.median(hubs), 1),
+        "hub_eps_rounds": [round(h, 1) for h in hubs],
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_rounds": [round(x, 3) for x in ratios],
         "p50_ms": {str(k): round(v["p50"], 1) for k, v in lat.items()},
         "p95_ms": {str(k): round(v["p95"], 1) for k, v in lat.items()},
         "p99_ms": {str(k): round(v["p99"], 1) for k, v in lat.items()},
@@ -405,7 +420,7 @@ async def main(args) -> dict:
         "audit_bytes_per_event": round(hub.pop("audit_bytes_per_event"), 1),
         "cold_start_s": round(cold, 2),
         **{k: round(v, 2) if isinstance(v, float) else v for k, v in hub.items()},
-        "events": args.events, "floor_events": args.floor_events, "seconds_per_load": args.seconds,
+        "events": args.events, "rounds": args.rounds, "floor_events": args.floor_events, "seconds_per_load": args.seconds,
         "batch": args.batch,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {_mem_gb()} GB, Python "
                    f"{platform.python_version()}, {platform.platform()}",
@@ -420,10 +435,12 @@ def _mem_gb() -> int:
 def table(r: dict) -> str:
     loads = list(r["p50_ms"])
     rows = [
-        ("floor (FastStream consume -> publish)", f"{r['floor_eps']:.0f} events/s (before / after the hub: "
-                                                  f"{' / '.join(f'{f:.0f}' for f in r['floor_eps_before_after'])})"),
-        ("hub (fit note -> 2 deliveries, consent, audit)", f"{r['hub_eps']:.0f} events/s"),
-        ("ratio hub/floor", f"{r['ratio']:.2f}"),
+        ("floor (FastStream consume -> publish)", f"{r['floor_eps']:.0f} events/s (median; runs: "
+                                                  f"{' / '.join(f'{f:.0f}' for f in r['floor_eps_rounds'])})"),
+        ("hub (fit note -> 2 deliveries, consent, audit)", f"{r['hub_eps']:.0f} events/s (median; rounds: "
+                                                           f"{' / '.join(f'{h:.0f}' for h in r['hub_eps_rounds'])})"),
+        ("ratio hub/floor", f"{r['ratio']:.2f} (median; each round against the floors either side of it: "
+                            f"{' / '.join(f'{x:.2f}' for x in r['ratio_rounds'])})"),
         *[(f"latency at {load}/s offered (p50 / p95 / p99)",
            f"{r['p50_ms'][load]:.1f} / {r['p95_ms'][load]:.1f} / {r['p99_ms'][load]:.1f} ms "
            f"({r['delivered'][load]} delivered)") for load in loads],
@@ -442,6 +459,7 @@ def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=8000, help="hub backlog size")
     p.add_argument("--floor-events", type=int, default=20000, help="floor backlog size")
+    p.add_argument("--rounds", type=int, default=3, help="hub rounds, each between two floor runs")
     p.add_argument("--loads", default="50,200,500", help="offered loads, events/s")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds at each offered load")
     p.add_argument("--batch", type=int, default=None,
@@ -454,7 +472,6 @@ def cli() -> None:
         args.batch = Settings.model_fields["inbound_batch"].default
     started = time.perf_counter()
     results = asyncio.run(main(args))
-    results["ratio"] = round(results["hub_eps"] / results["floor_eps"], 3)
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
