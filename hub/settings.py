@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     deliver_max_age_days: float = Field(30, description="how long HUB_DELIVER keeps a delivery for its recipient")
     dedupe_window_s: float = Field(120, description="JetStream duplicate window for deliveries (Nats-Msg-Id): a "
                                                    "re-publish after a crash within it is dropped by the stream")
-    inbound_batch: int = Field(200, ge=1, le=1000, description="inbound messages fetched per pull, and "
+    inbound_batch: int = Field(500, ge=1, le=1000, description="inbound messages fetched per pull, and "
                                                             "committed in one transaction (at most: a pull takes "
                                                             "what is waiting)")
     inbound_batch_wait_s: float = Field(0.001, gt=0, le=1.0, description="how long a pull waits to fill its batch "
