@@ -374,6 +374,7 @@ async def test_kill_minus_9_of_the_hub_mid_stream_loses_and_duplicates_nothing(t
     this test takes 70-80 s however small the stream is. The test prints the
     stall it saw."""
     hub = HubProcess(tmp_path)
+    hub.env["HUB_INBOUND_BATCH"] = "50"  # several transactions, so that the kill can land between two
     stream = Stream(N_EVENTS)
     total = 2 * len(stream)
     await hub.start()
