@@ -420,7 +420,8 @@ async def main(args) -> dict:
         "audit_bytes_per_event": round(hub.pop("audit_bytes_per_event"), 1),
         "cold_start_s": round(cold, 2),
         **{k: round(v, 2) if isinstance(v, float) else v for k, v in hub.items()},
-        "events": args.events, "rounds": args.rounds, "floor_events": args.floor_events, "seconds_per_load": args.seconds,
+        "events": args.events, "rounds": args.rounds, "floor_events": args.floor_events,
+        "seconds_per_load": args.seconds,
         "batch": args.batch,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {_mem_gb()} GB, Python "
                    f"{platform.python_version()}, {platform.platform()}",

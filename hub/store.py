@@ -13,8 +13,8 @@ import hmac
 import sqlite3
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
-from operator import itemgetter
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
@@ -98,7 +98,8 @@ class _Conn:
             raise
 
 
-_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, Any, list] | None] = {}  # (SQL, row -> values, converters)
+# (dialect, table, columns) -> (SQL, a row's values in order, (position, bind processor) of those to convert)
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, Any, list] | None] = {}
 
 
 async def insert_many(conn: _Conn, table: Any, rows: Sequence[dict]) -> None:
@@ -323,8 +324,8 @@ def of_events(table: Any, event_ids: Sequence[str]) -> Any:
     """The condition "this row is about one of these events", for a table with
     `event_id` and `nhs_number` columns and an index by person but none by event:
     the events' people are looked up first, then their rows. Each index on those
-    tables costs every event a page written at a random place in it (`make
-    profile`), and an event's rows are never wanted without knowing its person."""
+    tables costs every event a page written at a random place in it (`python -m
+    bench.pages`), and an event's rows are never wanted without knowing its person."""
     people = select(t.events.c.nhs_number).where(t.events.c.event_id.in_(list(event_ids)))
     return and_(table.c.nhs_number.in_(people), table.c.event_id.in_(list(event_ids)))
 

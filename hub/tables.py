@@ -72,9 +72,9 @@ class UTCDateTime(TypeDecorator):
 class Deflated(TypeDecorator):
     """Bytes stored deflated (zlib, its fastest level) and read back as they were
     given. For an event's FHIR bundle: JSON that shrinks about fourfold (6.8 kB to
-    1.8 kB for a fit note) for ~25 us, which more than pays for itself in pages the
-    database no longer writes (`make bench`, README Performance). A value stored
-    before this type (JSON, so it starts with "{", never zlib's 0x78) reads as it is."""
+    1.8 kB for a fit note) for ~25 us, one page written less per event
+    (`python -m bench.pages`, README Performance). A value stored before this type
+    (JSON, so it starts with "{", never zlib's 0x78) reads as it is."""
 
     impl = LargeBinary
     cache_ok = True

@@ -1,7 +1,7 @@
 """decisions and deliveries found by person, not by event: their event_id indexes
 go (store.of_events finds an event's rows through its person). Each cost every
 event a page written at a random place in it; together a third of the pages a
-batch of fit notes wrote (`make profile`, README Performance)
+batch of fit notes wrote (`python -m bench.pages`, README Performance)
 
 Revision ID: 0006
 Revises: 0005
