@@ -77,7 +77,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.sources import FitNoteMessage, Patient
@@ -215,14 +215,19 @@ def uuid5(namespace: uuid.UUID | bytes, name: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ordered_uuid(at: datetime, namespace: uuid.UUID, name: str) -> str:
     """A UUID (version 8, RFC 9562) that sorts by time: the first 48 bits are `at` in
     Unix milliseconds, as in version 7, and the rest come from SHA-1 of `namespace`
     and `name`, so the same name at the same instant gives the same id. For rows
     written by the thousand whose ids are indexed: each new id lands at the end of
     the index, where the ids just written are, instead of on a random page of it
-    (`make profile`: a random id cost a page written to SQLite's log per row)."""
-    ms = int(at.timestamp() * 1000) & 0xFFFF_FFFF_FFFF
+    (`python -m bench.pages`: a random id cost a page written to SQLite's log per row)."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError("an ordered uuid needs a timezone-aware datetime")
+    ms = (at - _EPOCH) // timedelta(milliseconds=1) & 0xFFFF_FFFF_FFFF  # (integers: no float rounding)
     digest = bytearray(ms.to_bytes(6, "big") + hashlib.sha1(namespace.bytes + name.encode()).digest()[:10])
     digest[6] = (digest[6] & 0x0F) | 0x80  # version 8
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
