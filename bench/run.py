@@ -411,6 +411,7 @@ async def main(args) -> dict:
         "hub_eps_rounds": [round(h, 1) for h in hubs],
         "ratio": round(statistics.median(ratios), 3),
         "ratio_rounds": [round(x, 3) for x in ratios],
+        "ratio_of_medians": round(statistics.median(hubs) / statistics.median(floors), 3),
         "p50_ms": {str(k): round(v["p50"], 1) for k, v in lat.items()},
         "p95_ms": {str(k): round(v["p95"], 1) for k, v in lat.items()},
         "p99_ms": {str(k): round(v["p99"], 1) for k, v in lat.items()},
@@ -441,7 +442,8 @@ def table(r: dict) -> str:
         ("hub (fit note -> 2 deliveries, consent, audit)", f"{r['hub_eps']:.0f} events/s (median; rounds: "
                                                            f"{' / '.join(f'{h:.0f}' for h in r['hub_eps_rounds'])})"),
         ("ratio hub/floor", f"{r['ratio']:.2f} (median; each round against the floors either side of it: "
-                            f"{' / '.join(f'{x:.2f}' for x in r['ratio_rounds'])})"),
+                            f"{' / '.join(f'{x:.2f}' for x in r['ratio_rounds'])}; median hub / median floor "
+                            f"{r['ratio_of_medians']:.2f})"),
         *[(f"latency at {load}/s offered (p50 / p95 / p99)",
            f"{r['p50_ms'][load]:.1f} / {r['p95_ms'][load]:.1f} / {r['p99_ms'][load]:.1f} ms "
            f"({r['delivered'][load]} delivered)") for load in loads],

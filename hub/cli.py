@@ -361,17 +361,22 @@ def audit_verify() -> None:
 
 
 @app.command("migrate")
-def migrate_cmd() -> None:
+def migrate_cmd(down_to: str | None = typer.Option(
+        None, "--down-to", metavar="REVISION",
+        help="take the schema back to this revision (e.g. 0005) for a rollback to the release that expects it; "
+             "stop every hub process first")) -> None:
     """Bring the database schema up to date (hub run does this too)."""
-    from hub.db import make_engine, migrate
+    from hub.db import downgrade, make_engine, migrate
 
     async def _go() -> None:
         engine = make_engine(Settings().db_url)
-        await migrate(engine)
-        await engine.dispose()
+        try:
+            await (downgrade(engine, down_to) if down_to else migrate(engine))
+        finally:
+            await engine.dispose()
 
     asyncio.run(_go())
-    typer.echo("database at head")
+    typer.echo(f"database at {down_to or 'head'}")
 
 
 def main() -> None:

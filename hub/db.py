@@ -80,10 +80,19 @@ def alembic_config(url: str) -> Config:
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to head (idempotent; safe to run at every start)."""
 
-    def _upgrade(sync_conn):
+    await _alembic(engine, command.upgrade, "head")
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the schema back to `revision`, for the release that expects it (a rollback)."""
+    await _alembic(engine, command.downgrade, revision)
+
+
+async def _alembic(engine: AsyncEngine, step, revision: str) -> None:
+    def run(sync_conn):
         cfg = alembic_config(str(engine.url))
         cfg.attributes["connection"] = sync_conn
-        command.upgrade(cfg, "head")
+        step(cfg, revision)
 
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        await conn.run_sync(run)

@@ -117,23 +117,13 @@ async def test_sqlite_finds_an_events_rows_through_the_persons_index_whatever_el
 
 
 async def test_the_downgrade_gives_the_release_before_its_plain_bundles_and_indexes_back(hub, creds):
-    from alembic import command
-
-    from hub.db import alembic_config, migrate
+    from hub.db import downgrade, migrate
 
     mine, other = await _two_events(hub, creds)
     async with hub.deps.uow() as uow:
         given = {e: await uow.events.bundle(e) for e in (mine, other)}
 
-    def to(revision: str):
-        def run(sync_conn):
-            cfg = alembic_config(str(hub.engine.url))
-            cfg.attributes["connection"] = sync_conn
-            command.downgrade(cfg, revision)
-        return run
-
-    async with hub.engine.begin() as conn:
-        await conn.run_sync(to("0005"))
+    await downgrade(hub.engine, "0005")  # what `hub migrate --down-to 0005` does
     async with hub.engine.connect() as conn:
         stored = dict((await conn.execute(text("SELECT event_id, bundle FROM events"))).all())
         names = {ix["name"] for table in ("decisions", "deliveries")
@@ -144,3 +134,25 @@ async def test_the_downgrade_gives_the_release_before_its_plain_bundles_and_inde
     await migrate(hub.engine)  # and up again: the old rows read as they are, new ones are deflated
     async with hub.deps.uow() as uow:
         assert await uow.events.bundle(mine) == given[mine]
+
+
+async def test_hub_migrate_takes_the_schema_back_for_a_rollback_and_up_again(settings):
+    from hub.db import make_engine
+    from tests.test_cli_operations import cli
+
+    async def version() -> str:
+        engine = make_engine(settings.db_url)
+        try:
+            async with engine.connect() as conn:
+                return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+        finally:
+            await engine.dispose()
+
+    up = await cli(settings, "migrate")
+    assert up.returncode == 0 and "database at head" in up.stdout, up.stderr
+    head = await version()
+    down = await cli(settings, "migrate", "--down-to", "0005")
+    assert down.returncode == 0 and "database at 0005" in down.stdout, down.stderr
+    assert await version() == "0005"
+    again = await cli(settings, "migrate")
+    assert again.returncode == 0 and await version() == head
