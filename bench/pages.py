@@ -2,7 +2,7 @@
 already stored] [batch] [batches]` (defaults 10000 200 5).
 
 The inbound transaction alone (`hub.pipeline.process_inbound_batch`, no broker)
-on a fresh SQLite database with a consent per person (random NHS numbers, as in
+on a fresh SQLite database (the URL must be SQLite's) with a consent per person (random NHS numbers, as in
 `make bench`): it stores the given number of events first, then commits the
 measured batches one by one, and after each reads the write-ahead log's frame
 headers (each frame one page written) and names each page's table or index from
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.run import GP, consent_for, fit_note, hub_env, nhs_numbers
+from bench.run import AUDIT_KEY, GP, consents_in_place, fit_note, hub_env, nhs_numbers
 
 _WAL_HEADER, _FRAME_HEADER = 32, 24
 
@@ -34,8 +34,7 @@ async def main(stored: int, batch: int, batches: int) -> None:
     os.environ.update(hub_env("nats://unused", data_dir))
     from hub.audit import AuditLog
     from hub.clock import Clock
-    from hub.consents import create
-    from hub.db import make_engine, migrate
+    from hub.db import make_engine
     from hub.directory import load_directory
     from hub.pipeline import Deps, process_inbound_batch
     from hub.settings import Settings
@@ -45,16 +44,11 @@ async def main(stored: int, batch: int, batches: int) -> None:
     db = Path(url.split(":///", 1)[1])
     wal = db.with_name(db.name + "-wal")
     engine = make_engine(url, background_checkpoint=True)  # no checkpoint but ours
-    await migrate(engine)
     gen = nhs_numbers()
     people = [next(gen) for _ in range(stored + batch * batches)]
-    audit = AuditLog(b"bench-audit-key")
-    uow_factory = UnitOfWorkFactory(engine)
-    async with uow_factory() as uow:
-        for nhs in people:
-            await create(uow, audit, consent_for(nhs), now=Clock().now(), actor="bench")
-        await uow.commit()
-    deps = Deps(uow=uow_factory, directory=load_directory(None), clock=Clock(), audit=audit)
+    await consents_in_place(engine, people)
+    deps = Deps(uow=UnitOfWorkFactory(engine), directory=load_directory(None), clock=Clock(),
+                audit=AuditLog(AUDIT_KEY))
     messages = [(f"hub.inbound.fit-note.{GP}", fit_note(p, i, "pages")[1]) for i, p in enumerate(people)]
     for i in range(0, stored, 200):
         await process_inbound_batch(deps, messages[i:min(i + 200, stored)])

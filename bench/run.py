@@ -47,6 +47,7 @@ HUB = str(Path(sys.executable).parent / "hub")
 EXAMPLE = json.loads((ROOT / "examples" / "fit-note.example.json").read_text())
 CONSENT = json.loads((ROOT / "examples" / "consent.example.json").read_text())
 GP = "B86001"
+AUDIT_KEY = b"bench-audit-key"  # the hub's (HUB_AUDIT_KEY) and the seeding's
 RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS")  # the example note with the example consent fans out to both
 
 
@@ -114,7 +115,7 @@ def start_nats(store: Path) -> tuple[subprocess.Popen, str]:
 def hub_env(url: str, data_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
     env.update(HUB_NATS_URL=url, HUB_DATA_DIR=str(data_dir), HUB_HTTP_PORT=str(free_port()),
-               HUB_LOG_LEVEL=os.environ.get("BENCH_HUB_LOG_LEVEL", "WARNING"), HUB_AUDIT_KEY="bench-audit-key")
+               HUB_LOG_LEVEL=os.environ.get("BENCH_HUB_LOG_LEVEL", "WARNING"), HUB_AUDIT_KEY=AUDIT_KEY.decode())
     if os.environ.get("HUB_DATABASE_URL"):
         env["HUB_DATABASE_URL"] = os.environ["HUB_DATABASE_URL"]
     return env
@@ -137,28 +138,34 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+async def consents_in_place(engine, persons: list[str]) -> None:
+    """The database migrated and one consent per person (the example consent) recorded."""
+    from hub.audit import AuditLog
+    from hub.clock import Clock
+    from hub.consents import create
+    from hub.db import migrate
+    from hub.store import UnitOfWorkFactory
+
+    await migrate(engine)
+    audit, now = AuditLog(AUDIT_KEY), Clock().now()
+    async with UnitOfWorkFactory(engine)() as uow:
+        for nhs in persons:
+            await create(uow, audit, consent_for(nhs), now=now, actor="bench")
+        await uow.commit()
+
+
 async def seed(url: str, data_dir: Path, persons: list[str]) -> None:
     """Consents in place (one per person), the database migrated and the streams
     declared, as an operator's hub would have them before the backlog arrives."""
     os.environ.update(hub_env(url, data_dir))
-    from hub.audit import AuditLog
-    from hub.consents import create
-    from hub.db import make_engine, migrate
+    from hub.db import make_engine
     from hub.settings import Settings
-    from hub.store import UnitOfWorkFactory
     from hub.streams import ensure_streams
-    from hub.clock import Clock
 
     settings = Settings()
     engine = make_engine(settings.db_url)
     try:
-        await migrate(engine)
-        audit = AuditLog(b"bench-audit-key")
-        now = Clock().now()
-        async with UnitOfWorkFactory(engine)() as uow:
-            for nhs in persons:
-                await create(uow, audit, consent_for(nhs), now=now, actor="bench")
-            await uow.commit()
+        await consents_in_place(engine, persons)
     finally:
         await engine.dispose()
     nc = await nats.connect(url)
