@@ -476,6 +476,8 @@ def cli() -> None:
                    help="pull batch of the floor (default: the hub's, HUB_INBOUND_BATCH's default)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.batch is None:
         from hub.settings import Settings
 
