@@ -12,18 +12,10 @@ The one call that could block for long, waiting for another process's write
 lock, is never left to SQLite's busy handler (busy_timeout is 0 here): it is
 retried with `asyncio.sleep` until the timeout, so the loop keeps serving
 while it waits. PostgreSQL (asyncpg) needs none of this.
-
-One call is worth a hop: the COMMIT of a large transaction (a batch of hundreds
-of events writes thousands of pages to the log, tens of milliseconds in SQLite's
-C code). It runs on a thread of its own (`off_loop`); sqlite3 lets go of the GIL
-for it, so the event loop checks the next inbound batch meanwhile. Individual
-statements stay on the loop: a thread running executemany takes the GIL back for
-every row and would wait for it behind the loop each time.
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import sqlite3
 import threading
@@ -33,8 +25,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _RETRY_S = 0.002
-OFF_LOOP_CHANGES = 200  # a transaction that changed this many rows commits on the SQLite thread (about 13 events)
-_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-commit")
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
@@ -42,27 +32,14 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "database is locked" in text or "database is busy" in text
 
 
-async def off_loop(fn: Any, *args: Any) -> Any:
-    """fn(*args) on the SQLite thread, the event loop free meanwhile. If the caller
-    is cancelled the call still runs to its end before this returns (blocking): the
-    connection must not be rolled back or closed under a commit in progress."""
-    future = _THREAD.submit(fn, *args)
-    try:
-        return await asyncio.wrap_future(future)
-    except asyncio.CancelledError:
-        concurrent.futures.wait([future])
-        raise
-
-
-async def _patiently(timeout: float, fn: Any, *args: Any, on_thread: bool = False) -> Any:
-    """Call fn (on the SQLite thread if `on_thread`); while SQLite says another
-    connection holds the lock, wait (without blocking the event loop) and try
-    again, up to `timeout` seconds."""
+async def _patiently(timeout: float, fn: Any, *args: Any) -> Any:
+    """Call fn; while SQLite says another connection holds the lock, wait (without
+    blocking the event loop) and try again, up to `timeout` seconds."""
     deadline = time.monotonic() + timeout
     delay = _RETRY_S
     while True:
         try:
-            return (await off_loop(fn, *args)) if on_thread else fn(*args)
+            return fn(*args)
         except sqlite3.OperationalError as exc:
             if not _locked(exc) or time.monotonic() >= deadline:
                 raise
@@ -142,7 +119,6 @@ class Connection:
         self._connection = conn  # the adapter checks this to know the connection is open
         self._tx = _Immediately()
         self._timeout = timeout
-        self._changes = conn.total_changes  # rows changed before the current transaction
 
     def __await__(self):  # `await_(connection)` in the adapter's connect()
         async def itself() -> "Connection":
@@ -166,13 +142,10 @@ class Connection:
         return Cursor(self._conn.cursor(), self._timeout)
 
     async def commit(self) -> None:
-        large = self._conn.total_changes - self._changes >= OFF_LOOP_CHANGES
-        await _patiently(self._timeout, self._conn.commit, on_thread=large)
-        self._changes = self._conn.total_changes
+        await _patiently(self._timeout, self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()
-        self._changes = self._conn.total_changes
 
     async def close(self) -> None:
         self.stop()
