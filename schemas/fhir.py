@@ -209,10 +209,7 @@ def uuid5(namespace: uuid.UUID | bytes, name: str) -> str:
     the hub makes several per event (event, entry and decision ids)."""
     digest = bytearray(hashlib.sha1((namespace if isinstance(namespace, bytes) else namespace.bytes)
                                     + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return _uuid_text(digest, 5)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -229,8 +226,13 @@ def ordered_uuid(at: datetime, namespace: uuid.UUID, name: str) -> str:
         raise ValueError("an ordered uuid needs a timezone-aware datetime")
     ms = (at - _EPOCH) // timedelta(milliseconds=1) & 0xFFFF_FFFF_FFFF  # (integers: no float rounding)
     digest = bytearray(ms.to_bytes(6, "big") + hashlib.sha1(namespace.bytes + name.encode()).digest()[:10])
-    digest[6] = (digest[6] & 0x0F) | 0x80  # version 8
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return _uuid_text(digest, 8)
+
+
+def _uuid_text(digest: bytearray, version: int) -> str:
+    """16 bytes as a UUID's text, with its version and the RFC 4122 variant set."""
+    digest[6] = (digest[6] & 0x0F) | (version << 4)
+    digest[8] = (digest[8] & 0x3F) | 0x80
     h = digest.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
