@@ -128,6 +128,35 @@ async def test_a_redelivered_message_takes_no_new_number(hub, creds):
     assert dict(seqs) == {first["fit_note"]["id"]: 1, second["fit_note"]["id"]: 2}
 
 
+async def test_an_inbound_batch_reaches_the_hub_without_a_worker_thread(hub, creds, monkeypatch):
+    """FastStream hands the subscriber the pull batch as it came: no dependency
+    injection, which resolved the batch on a worker thread (a hand-off that waits
+    for the GIL while the event loop is busy), and no decoding of bodies the
+    pipeline parses itself."""
+    import anyio.to_thread
+
+    from hub.consents import create
+
+    real, hops = anyio.to_thread.run_sync, []
+
+    async def counted(func, *args, **kwargs):
+        hops.append(getattr(func, "__qualname__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    async with hub.deps.uow() as uow:
+        await create(uow, hub.audit, consent_for(PEOPLE[0]), now=hub.clock.now(), actor="test")
+        await uow.commit()
+    gp = await creds.issue("publisher", "B86001")
+    nc = await connect_as(hub, gp, "B86001")
+    js = nc.jetstream()
+    for _ in range(3):
+        await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(fit_note()), stream="HUB_INBOUND")
+    await nc.close()
+    await settled(hub, 3)
+    assert hops == []
+
+
 def test_a_batch_waits_for_more_messages_at_most_its_fill_in_all():
     """FastStream fetches again until its batch is full or a fetch times out; the
     top-up's wait is bounded from the batch's first message, not per fetch, so a
