@@ -1,7 +1,11 @@
 """The floor: the least any hub on this stack could do per message. A FastStream
 pull subscriber on the same broker that consumes one inbound message and
 publishes one delivery (JetStream publish, awaiting the stream's ack), then acks.
-No validation, consent or database. Same batch size as the hub's subscriber.
+No validation, consent or database. Same batch size as the hub's subscriber, and
+the same way of being handed its message: as it came (`apply_types=False`, a
+decoder that returns it), not by FastStream's dependency injection, which
+resolves the message on a worker thread, a hand-off per message that held this
+floor to ~55% of what it can do (README Performance).
 
     python -m bench.floor <nats url> <batch>
 """
@@ -16,11 +20,16 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 IN_STREAM, OUT_STREAM = "BENCH_FLOOR_IN", "BENCH_FLOOR_OUT"
 
 
+async def _as_it_came(msg: NatsMessage) -> NatsMessage:
+    return msg
+
+
 def build(url: str, batch: int) -> NatsBroker:
-    broker = NatsBroker(url, logger=None)  # the hub logs nothing per message either
+    broker = NatsBroker(url, logger=None, apply_types=False)  # the hub logs nothing per message either
 
     @broker.subscriber("bench.floor.in.>", stream=JStream(IN_STREAM, declare=False), durable="floor",
-                       pull_sub=PullSub(batch_size=batch, timeout=1.0), ack_policy=AckPolicy.MANUAL)
+                       pull_sub=PullSub(batch_size=batch, timeout=1.0), ack_policy=AckPolicy.MANUAL,
+                       decoder=_as_it_came)
     async def relay(msg: NatsMessage) -> None:
         raw = msg.raw_message
         await broker.publish(raw.data, "bench.floor.out.x", stream=OUT_STREAM,
