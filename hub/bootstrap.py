@@ -16,6 +16,7 @@ from faststream.nats.message import NatsBatchMessage
 from faststream.security import SASLPlaintext
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from hub import credentials, metrics
@@ -165,14 +166,16 @@ IDLE_PULL_S = 1.0
 STOP_GRACE_S = 10.0
 
 
-async def _the_batch(batch: NatsBatchMessage) -> NatsBatchMessage:
-    """The inbound subscriber's decoder: the batch as it came (the pipeline parses
-    each message's bytes itself, `check_batch`)."""
-    return batch
+async def _its_messages(batch: NatsBatchMessage) -> list[Msg]:
+    """The inbound subscriber's decoder: the pull batch's messages as they came
+    (the pipeline parses each message's bytes itself, `check_batch`). Not the
+    batch itself: FastStream keeps what its decoder returns on the batch, and the
+    batch referring to itself would wait for the cycle collector to be freed."""
+    return batch.raw_message
 
 
 def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | None",
-                 on_inbound: Callable[[NatsBatchMessage], Awaitable[None]]) -> NatsBroker:
+                 on_inbound: Callable[[list[Msg]], Awaitable[None]]) -> NatsBroker:
     """The FastStream broker: the inbound subscriber, and the delivery and
     dead-letter subjects declared as publishers so the AsyncAPI document
     describes the whole broker side."""
@@ -181,8 +184,8 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
     else:
         user, password = settings.nats_user, settings.nats_password
     security = SASLPlaintext(username=user, password=password) if user else None
-    # apply_types=False: the handler is given the pull batch itself (`_the_batch`), not
-    # its bodies decoded as JSON nor the batch by dependency injection, which resolves
+    # apply_types=False: the handler is given the pull batch's messages (`_its_messages`),
+    # not their bodies decoded as JSON nor the batch by dependency injection, which resolves
     # Context("message") on a worker thread: a thread hand-off per batch that, while the
     # event loop is busy, waits for the GIL (up to Python's 5 ms switch interval).
     broker = NatsBroker(settings.broker_servers, security=security, name="hub",
@@ -199,7 +202,7 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
         # which bounds the latency batching adds (see _adjust_pull_fetch).
         pull_sub=PullSub(batch_size=settings.inbound_batch, timeout=IDLE_PULL_S, batch=True),
         ack_policy=AckPolicy.MANUAL,
-        decoder=_the_batch,
+        decoder=_its_messages,
         title="hub.inbound.{kind}.{org_id}",
         description="Source messages published by GP and hospital systems, referrers, the Access to Work "
                     "service and OH providers (contract §2). {kind} is fit-note, oh-referral, "
@@ -207,8 +210,8 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
                     "Payloads: the JSON Schemas in schemas/json/. A message that breaks a field rule "
                     "goes, unchanged, to hub.dlq.{kind}.",
     )
-    async def on_inbound_message(batch: Any) -> None:  # the NatsBatchMessage (`_the_batch`)
-        await on_inbound(batch)
+    async def on_inbound_message(messages: Any) -> None:  # the batch's nats Msg list (`_its_messages`)
+        await on_inbound(messages)
 
     broker.publisher(
         "hub.deliver.{org_id}", stream=JStream(DELIVER_STREAM, declare=False),
@@ -289,7 +292,7 @@ class Hub:
     def _build_broker(self) -> NatsBroker:
         return build_broker(self.settings, self.identity, self.handle_inbound)
 
-    async def handle_inbound(self, batch: NatsBatchMessage) -> None:
+    async def handle_inbound(self, messages: list[Msg]) -> None:
         """One pull batch, in stream order: checked here (validation and adaptation,
         no database), then committed by `_commit_in_order`, one batch at a time in
         the order they came, so two messages about one person are never reordered
@@ -297,7 +300,7 @@ class Hub:
         batch while this one waits for the database's write lock (the relay holds
         it while the stream acks its deliveries) or commits; at most one checked
         batch waits its turn, and the consumer waits behind it."""
-        raws = list(batch.raw_message)
+        raws = list(messages)
         if self._closing:  # stopping: another worker (or this one, restarted) takes them shortly
             for m in raws:
                 await m.nak(delay=1.0)  # (not at once: this consumer would fetch them again and again)
