@@ -129,11 +129,15 @@ async def test_a_redelivered_message_takes_no_new_number(hub, creds):
 
 
 async def test_an_inbound_batch_reaches_the_hub_without_a_worker_thread(hub, creds, monkeypatch):
-    """FastStream hands the subscriber the pull batch as it came: no dependency
-    injection, which resolved the batch on a worker thread (a hand-off that waits
-    for the GIL while the event loop is busy), and no decoding of bodies the
-    pipeline parses itself."""
+    """FastStream hands the subscriber the pull batch's messages as they came: no
+    dependency injection, which resolved the batch on a worker thread (a hand-off
+    that waits for the GIL while the event loop is busy), no decoding of bodies
+    the pipeline parses itself, and no batch left referring to itself (FastStream
+    keeps the decoder's result on the batch), which only the collector would free."""
+    import gc
+
     import anyio.to_thread
+    from faststream.nats.message import NatsBatchMessage
 
     from hub.consents import create
 
@@ -150,11 +154,23 @@ async def test_an_inbound_batch_reaches_the_hub_without_a_worker_thread(hub, cre
     gp = await creds.issue("publisher", "B86001")
     nc = await connect_as(hub, gp, "B86001")
     js = nc.jetstream()
-    for _ in range(3):
-        await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(fit_note()), stream="HUB_INBOUND")
-    await nc.close()
-    await settled(hub, 3)
+    gc.collect()
+    gc.disable()  # whatever the batches leave for the collector stays until the end
+    try:
+        for _ in range(3):
+            await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(fit_note()),
+                             stream="HUB_INBOUND")
+        await nc.close()
+        await settled(hub, 3)
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable goes to gc.garbage
+        gc.collect()
+        cycles = [o for o in gc.garbage if isinstance(o, NatsBatchMessage)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
     assert hops == []
+    assert cycles == []
 
 
 def test_a_batch_waits_for_more_messages_at_most_its_fill_in_all():
