@@ -112,7 +112,7 @@ def _adjust_pull_fetch() -> None:
                 raise
             raise NatsTimeout from exc
         if top_up is not None:
-            top_up.got(len(msgs))
+            top_up.got(len(msgs), _waiting_after(msgs[-1]) if msgs else 0)
         return msgs
 
     fetch._hub_shim = True  # type: ignore[attr-defined]
@@ -124,8 +124,11 @@ class TopUp:
     starts each batch with a fetch of the whole batch size and goes on fetching the
     rest until the batch is full or a fetch times out. An idle consumer's batch
     starts with one long pull of one message; once a message is in, the rest is
-    what else arrives within `fill` seconds in all. After a batch that filled (a
-    backlog), the next is fetched whole at once."""
+    what else arrives within `fill` seconds in all, except that messages already
+    waiting (JetStream says how many after each message) are fetched without
+    waiting for more: a batch that took such a pile is handed over as soon as
+    nothing more waits. After a batch that filled (a backlog), the next is
+    fetched whole at once."""
 
     def __init__(self, fill: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.fill = fill
@@ -134,6 +137,8 @@ class TopUp:
         self.until: float | None = None  # the current batch's deadline, once it has a message
         self.asked = 0  # what FastStream asked for last
         self.filled = False  # the last batch came out full
+        self.waiting = 0  # what JetStream said was still waiting after the last message fetched
+        self.piled = False  # this batch took messages that were already waiting
 
     def request(self, batch: int, timeout: float | None) -> tuple[int, float | None]:
         """The fetch to make (batch size, timeout); nats' TimeoutError once the batch
@@ -146,15 +151,20 @@ class TopUp:
             self.until = self.clock() + self.fill
             return batch, self.fill if timeout is None else min(timeout, self.fill)
         left = (self.until or 0.0) - self.clock()
-        if left < 0.0002:  # (nats-py would ask the server for a pull that never expires)
-            self.filled = False
+        if left < 0.0002 or (self.piled and not self.waiting):  # (below 0.2 ms nats-py would ask
+            self.filled = False                                   # for a pull that never expires)
             raise NatsTimeout
+        if self.waiting:  # already there: a pull for exactly those ends as soon as they arrive
+            self.piled = True
+            batch = min(batch, self.waiting)
         return batch, left if timeout is None else min(timeout, left)
 
-    def got(self, n: int) -> None:
+    def got(self, n: int, waiting: int = 0) -> None:
         if self.until is None:
             self.until = self.clock() + self.fill  # the batch's first message
+            self.piled = False
         self.filled = n >= self.asked  # all FastStream asked for: its batch is full
+        self.waiting = waiting
 
     def timed_out(self) -> None:
         self.filled = False
@@ -234,13 +244,18 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
 ROLES = ("all", "worker", "api")
 
 
-def _more_waiting(last: Any) -> bool:
-    """Whether the consumer had more messages waiting after this one (JetStream
-    says so in each message's metadata): a backlog."""
+def _waiting_after(msg: Any) -> int:
+    """How many messages the consumer had waiting after this one (JetStream says so
+    in each message's metadata; 0 if it does not)."""
     try:
-        return bool(last.metadata.num_pending)
-    except Exception:  # noqa: BLE001 - no JetStream metadata: assume not
-        return False
+        return int(msg.metadata.num_pending or 0)
+    except Exception:  # noqa: BLE001 - no JetStream metadata
+        return 0
+
+
+def _more_waiting(last: Any) -> bool:
+    """Whether the consumer had more messages waiting after this one: a backlog."""
+    return _waiting_after(last) > 0
 
 
 class Hub:

@@ -208,3 +208,42 @@ def test_a_batch_waits_for_more_messages_at_most_its_fill_in_all():
     assert top.request(200, 1.0) == (200, 0.005)
     top.timed_out()  # nothing more came
     assert top.request(200, 1.0) == (1, 1.0)
+
+
+def test_messages_already_waiting_are_fetched_without_waiting_for_more():
+    """Messages that piled up while the hub was busy (JetStream says how many wait
+    after each message) are fetched at once, exactly that many, so the pull ends
+    as they arrive; then the batch is handed over without the top-up's wait."""
+    import pytest
+    from nats.errors import TimeoutError as NatsTimeout
+
+    from hub.bootstrap import TopUp
+
+    now = [0.0]
+    top = TopUp(0.005, 200, clock=lambda: now[0])
+    assert top.request(200, 1.0) == (1, 1.0)
+    top.got(1, waiting=3)  # three more were already waiting behind it
+    now[0] = 0.0001
+    assert top.request(199, 0.999) == (3, pytest.approx(0.0049))
+    top.got(3, waiting=0)  # and nothing behind them
+    now[0] = 0.0003
+    with pytest.raises(NatsTimeout):  # handed over now, not at 5 ms
+        top.request(196, 0.99)
+
+    assert top.request(200, 1.0) == (1, 1.0)  # idle again: a long pull of one
+    now[0] = 0.01
+    top.got(1, waiting=0)  # a message on its own: the top-up waits for stragglers as before
+    now[0] = 0.011
+    assert top.request(199, 0.999) == (199, pytest.approx(0.004))
+    top.got(1, waiting=2)  # a straggler, with two more behind it
+    assert top.request(198, 0.998) == (2, pytest.approx(0.004))
+    top.got(2, waiting=0)
+    with pytest.raises(NatsTimeout):
+        top.request(196, 0.99)
+
+    now[0] = 0.02
+    assert top.request(200, 1.0) == (1, 1.0)
+    top.got(1, waiting=500)  # a backlog: the rest of the batch at once, then whole batches
+    assert top.request(199, 0.999) == (199, pytest.approx(0.005))
+    top.got(199, waiting=301)
+    assert top.request(200, 1.0) == (200, 0.005)
