@@ -145,6 +145,7 @@ class TopUp:
         has waited its fill, so that FastStream hands it to the handler."""
         self.asked = batch
         if batch >= self.size:  # a new batch
+            self.piled = False
             if not self.filled:
                 self.until = None
                 return 1, timeout
@@ -162,7 +163,6 @@ class TopUp:
     def got(self, n: int, waiting: int = 0) -> None:
         if self.until is None:
             self.until = self.clock() + self.fill  # the batch's first message
-            self.piled = False
         self.filled = n >= self.asked  # all FastStream asked for: its batch is full
         self.waiting = waiting
 

@@ -247,3 +247,6 @@ def test_messages_already_waiting_are_fetched_without_waiting_for_more():
     assert top.request(199, 0.999) == (199, pytest.approx(0.005))
     top.got(199, waiting=301)
     assert top.request(200, 1.0) == (200, 0.005)
+    top.got(120, waiting=0)  # the backlog ran out mid-batch: what came is handed over as before,
+    now[0] = 0.021  # after the rest of the fill (this batch took no pile of its own)
+    assert top.request(80, 0.9) == (80, pytest.approx(0.004))
