@@ -253,11 +253,6 @@ def _waiting_after(msg: Any) -> int:
         return 0
 
 
-def _more_waiting(last: Any) -> bool:
-    """Whether the consumer had more messages waiting after this one: a backlog."""
-    return _waiting_after(last) > 0
-
-
 class Hub:
     """One hub process. Its role says which edges it runs:
 
@@ -330,7 +325,7 @@ class Hub:
         if self._committing:
             self.checked_ahead += 1
         await self._checked.put((raws, checked, started))
-        if not _more_waiting(raws[-1]):
+        if not _waiting_after(raws[-1]):
             # Not a backlog: wait until it is committed, so that the next batch takes
             # all that arrives meanwhile. (Fetched at once, it would hold a message or
             # two, and many small transactions cost more than a few large ones.)

@@ -14,7 +14,7 @@ from hub import tables as t
 from hub.streams import inbound_subject
 from schemas.fhir import event_id
 from tests.conftest import connect_as, example, fit_note, receive
-from tests.test_fit_note_flow import settled
+from tests.test_fit_note_flow import publish, record_consent, settled
 
 PEOPLE = ["9434765919", "9434765870", "9434765803", "9434765811"]  # valid NHS numbers
 NOTES_EACH = 10
@@ -110,11 +110,7 @@ async def publish_interleaved_and_check_order(hub, creds, then=lambda: None) -> 
 async def test_a_redelivered_message_takes_no_new_number(hub, creds):
     """A duplicate (a resend under a new message id) is recognised before a
     number is taken, so the person's numbers stay 1, 2, ... with no gaps from it."""
-    from hub.consents import create
-
-    async with hub.deps.uow() as uow:
-        await create(uow, hub.audit, consent_for(PEOPLE[0]), now=hub.clock.now(), actor="test")
-        await uow.commit()
+    await record_consent(hub, creds, consent_for(PEOPLE[0]))
     gp = await creds.issue("publisher", "B86001")
     first, second = fit_note(), fit_note()
     nc = await connect_as(hub, gp, "B86001")
@@ -139,8 +135,6 @@ async def test_an_inbound_batch_reaches_the_hub_without_a_worker_thread(hub, cre
     import anyio.to_thread
     from faststream.nats.message import NatsBatchMessage
 
-    from hub.consents import create
-
     real, hops = anyio.to_thread.run_sync, []
 
     async def counted(func, *args, **kwargs):
@@ -148,19 +142,13 @@ async def test_an_inbound_batch_reaches_the_hub_without_a_worker_thread(hub, cre
         return await real(func, *args, **kwargs)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    async with hub.deps.uow() as uow:
-        await create(uow, hub.audit, consent_for(PEOPLE[0]), now=hub.clock.now(), actor="test")
-        await uow.commit()
+    await record_consent(hub, creds, consent_for(PEOPLE[0]))
     gp = await creds.issue("publisher", "B86001")
-    nc = await connect_as(hub, gp, "B86001")
-    js = nc.jetstream()
     gc.collect()
     gc.disable()  # whatever the batches leave for the collector stays until the end
     try:
         for _ in range(3):
-            await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(fit_note()),
-                             stream="HUB_INBOUND")
-        await nc.close()
+            await publish(hub, gp, fit_note())
         await settled(hub, 3)
         gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable goes to gc.garbage
         gc.collect()
