@@ -7,7 +7,10 @@ decoder that returns the nats message), not by FastStream's dependency injection
 resolves the message on a worker thread, a hand-off per message that held this
 floor to ~55% of what it can do (README Performance).
 
-    python -m bench.floor <nats url> <batch>
+With a third argument, `deliveries`, it publishes that many per message (the
+bench's fan-out floor: 2, as many as the hub makes of each benchmark fit note).
+
+    python -m bench.floor <nats url> <batch> [deliveries]
 """
 from __future__ import annotations
 
@@ -25,22 +28,24 @@ async def _as_it_came(msg: NatsMessage) -> Msg:
     return msg.raw_message
 
 
-def build(url: str, batch: int) -> NatsBroker:
+def build(url: str, batch: int, deliveries: int = 1) -> NatsBroker:
     broker = NatsBroker(url, logger=None, apply_types=False)  # the hub logs nothing per message either
 
     @broker.subscriber("bench.floor.in.>", stream=JStream(IN_STREAM, declare=False), durable="floor",
                        pull_sub=PullSub(batch_size=batch, timeout=1.0), ack_policy=AckPolicy.MANUAL,
                        decoder=_as_it_came)
     async def relay(raw: Msg) -> None:
-        await broker.publish(raw.data, "bench.floor.out.x", stream=OUT_STREAM,
-                             headers={"Nats-Msg-Id": raw.headers.get("Nats-Msg-Id", "") if raw.headers else ""})
+        msg_id = raw.headers.get("Nats-Msg-Id", "") if raw.headers else ""
+        for k in range(deliveries):
+            await broker.publish(raw.data, f"bench.floor.out.{k}", stream=OUT_STREAM,
+                                 headers={"Nats-Msg-Id": f"{msg_id}:{k}" if k else msg_id})
         await raw.ack()
 
     return broker
 
 
-async def main(url: str, batch: int) -> None:
-    broker = build(url, batch)
+async def main(url: str, batch: int, deliveries: int = 1) -> None:
+    broker = build(url, batch, deliveries)
     await broker.start()
     print("floor ready", flush=True)
     try:
@@ -50,4 +55,4 @@ async def main(url: str, batch: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1))

@@ -12,6 +12,8 @@ carries (<event id>:<org_id>).
 The floor and the hub take turns (--rounds hub runs, each between two floor runs),
 because this kind of machine's speed drifts within minutes: the headline, ratio =
 hub/floor, is the median of the rounds, each compared with the floors either side.
+After the rounds, the floor runs once more making two deliveries of each note, as
+the hub does (not the target's floor: it shows what the fan-out alone costs).
 Writes bench/results.json and prints a table.
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ CONSENT = json.loads((ROOT / "examples" / "consent.example.json").read_text())
 GP = "B86001"
 AUDIT_KEY = b"bench-audit-key"  # the hub's (HUB_AUDIT_KEY) and the seeding's
 RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS")  # the example note with the example consent fans out to both
+FANOUT = len(RECIPIENTS)  # deliveries per note: the fan-out floor makes as many
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -227,7 +230,9 @@ async def wait_ready(proc: subprocess.Popen, marker: str, timeout: float = 60) -
 # --- the measurements ---------------------------------------------------------------------------
 
 
-async def floor(url: str, n: int, batch: int, run: str = "floor") -> float:
+async def floor(url: str, n: int, batch: int, run: str = "floor", deliveries: int = 1) -> float:
+    """Events per second of bench/floor.py over a backlog of `n` fit notes: from the
+    floor being ready to the last of its `deliveries` per note seen."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     for name, subj, retention in ((IN_STREAM, "bench.floor.in.>", RetentionPolicy.WORK_QUEUE),
@@ -238,10 +243,10 @@ async def floor(url: str, n: int, batch: int, run: str = "floor") -> float:
     messages = [fit_note(next(persons), i, run) for i in range(n)]
     await publish_backlog(js, "bench.floor.in.fit-note.B86001", messages)
     listener = Listener()
-    listener.expect(n)
+    listener.expect(n * deliveries)
     await nc.subscribe("bench.floor.out.>", cb=listener.on_msg)
-    proc = subprocess.Popen([PY, "-m", "bench.floor", url, str(batch)], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([PY, "-m", "bench.floor", url, str(batch), str(deliveries)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     try:
         t0 = await wait_ready(proc, "floor ready")
         await asyncio.wait_for(listener.done.wait(), timeout=600)
@@ -407,6 +412,10 @@ async def main(args) -> dict:
                                             args.seconds, run=f"backlog-{r}")
                 hubs.append(hub.pop("hub_eps"))
                 floors.append(await floor(url, args.floor_events, args.batch, f"floor-{r + 1}"))
+            # Not the floor of the target, for the reader: the floor making as many
+            # deliveries of each note as the hub does (two), between two floors of its own.
+            fanout = await floor(url, args.floor_events, args.batch, "floor-fanout", deliveries=FANOUT)
+            fanout_beside = await floor(url, args.floor_events, args.batch, "floor-last")
         finally:
             stop(nats_proc)
     ratios = [h / ((floors[i] + floors[i + 1]) / 2) for i, h in enumerate(hubs)]
@@ -419,6 +428,9 @@ async def main(args) -> dict:
         "ratio": round(statistics.median(ratios), 3),
         "ratio_rounds": [round(x, 3) for x in ratios],
         "ratio_of_medians": round(statistics.median(hubs) / statistics.median(floors), 3),
+        "floor_fanout_eps": round(fanout, 1),
+        "floor_fanout_share": round(fanout / ((floors[-1] + fanout_beside) / 2), 3),
+        "ratio_to_fanout_floor": round(statistics.median(hubs) / fanout, 3),
         "p50_ms": {str(k): round(v["p50"], 1) for k, v in lat.items()},
         "p95_ms": {str(k): round(v["p95"], 1) for k, v in lat.items()},
         "p99_ms": {str(k): round(v["p99"], 1) for k, v in lat.items()},
@@ -451,6 +463,9 @@ def table(r: dict) -> str:
         ("ratio hub/floor", f"{r['ratio']:.2f} (median; each round against the floors either side of it: "
                             f"{' / '.join(f'{x:.2f}' for x in r['ratio_rounds'])}; median hub / median floor "
                             f"{r['ratio_of_medians']:.2f})"),
+        (f"floor making {FANOUT} deliveries a note (the hub's fan-out)",
+         f"{r['floor_fanout_eps']:.0f} events/s ({r['floor_fanout_share']:.2f} of the floor beside it; "
+         f"hub against it {r['ratio_to_fanout_floor']:.2f})"),
         *[(f"latency at {load}/s offered (p50 / p95 / p99)",
            f"{r['p50_ms'][load]:.1f} / {r['p95_ms'][load]:.1f} / {r['p99_ms'][load]:.1f} ms "
            f"({r['delivered'][load]} delivered)") for load in loads],
