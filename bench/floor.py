@@ -22,6 +22,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.msg import Msg
 
 IN_STREAM, OUT_STREAM = "BENCH_FLOOR_IN", "BENCH_FLOOR_OUT"
+CONSUMER = "floor"  # its durable pull consumer on IN_STREAM
 
 
 async def _as_it_came(msg: NatsMessage) -> Msg:
@@ -31,7 +32,7 @@ async def _as_it_came(msg: NatsMessage) -> Msg:
 def build(url: str, batch: int, deliveries: int = 1) -> NatsBroker:
     broker = NatsBroker(url, logger=None, apply_types=False)  # the hub logs nothing per message either
 
-    @broker.subscriber("bench.floor.in.>", stream=JStream(IN_STREAM, declare=False), durable="floor",
+    @broker.subscriber("bench.floor.in.>", stream=JStream(IN_STREAM, declare=False), durable=CONSUMER,
                        pull_sub=PullSub(batch_size=batch, timeout=1.0), ack_policy=AckPolicy.MANUAL,
                        decoder=_as_it_came)
     async def relay(raw: Msg) -> None:
