@@ -25,6 +25,11 @@ IN_STREAM, OUT_STREAM = "BENCH_FLOOR_IN", "BENCH_FLOOR_OUT"
 CONSUMER = "floor"  # its durable pull consumer on IN_STREAM
 
 
+def delivery_msg_id(msg_id: str, k: int) -> str:
+    """The Nats-Msg-Id of a message's k-th delivery (the first keeps the message's own)."""
+    return f"{msg_id}:{k}" if k else msg_id
+
+
 async def _as_it_came(msg: NatsMessage) -> Msg:
     return msg.raw_message
 
@@ -39,7 +44,7 @@ def build(url: str, batch: int, deliveries: int = 1) -> NatsBroker:
         msg_id = raw.headers.get("Nats-Msg-Id", "") if raw.headers else ""
         for k in range(deliveries):
             await broker.publish(raw.data, f"bench.floor.out.{k}", stream=OUT_STREAM,
-                                 headers={"Nats-Msg-Id": f"{msg_id}:{k}" if k else msg_id})
+                                 headers={"Nats-Msg-Id": delivery_msg_id(msg_id, k)})
         await raw.ack()
 
     return broker

@@ -40,7 +40,7 @@ from pathlib import Path
 import nats
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from bench.floor import CONSUMER as FLOOR_CONSUMER, IN_STREAM, OUT_STREAM
+from bench.floor import CONSUMER as FLOOR_CONSUMER, IN_STREAM, OUT_STREAM, delivery_msg_id
 from hub.nats_server import find_nats_server
 from schemas.fhir import event_id
 
@@ -248,7 +248,7 @@ async def floor(url: str, n: int, batch: int, run: str = "floor", deliveries: in
     persons = nhs_numbers(900_000_000)
     messages = [fit_note(next(persons), i, run) for i in range(n)]
     await publish_backlog(js, "bench.floor.in.fit-note.B86001", messages)
-    listener = Listener(wanted=frozenset(f"{eid}:{k}" if k else eid for eid, _ in messages
+    listener = Listener(wanted=frozenset(delivery_msg_id(eid, k) for eid, _ in messages
                                          for k in range(deliveries)))
     listener.expect(n * deliveries)
     await nc.subscribe("bench.floor.out.>", cb=listener.on_msg)

@@ -8,9 +8,12 @@ from __future__ import annotations
 import copy
 
 import orjson
+import pytest
+from nats.errors import TimeoutError as NatsTimeout
 from sqlalchemy import select
 
 from hub import tables as t
+from hub.bootstrap import TopUp
 from hub.streams import inbound_subject
 from schemas.fhir import event_id
 from tests.conftest import connect_as, example, fit_note, receive
@@ -165,11 +168,6 @@ def test_a_batch_waits_for_more_messages_at_most_its_fill_in_all():
     """FastStream fetches again until its batch is full or a fetch times out; the
     top-up's wait is bounded from the batch's first message, not per fetch, so a
     steady trickle cannot keep a batch (and its first message) waiting."""
-    import pytest
-    from nats.errors import TimeoutError as NatsTimeout
-
-    from hub.bootstrap import TopUp
-
     now = [0.0]
     top = TopUp(0.005, 200, clock=lambda: now[0])
     assert top.request(200, 1.0) == (1, 1.0)  # idle: one long pull of one message
@@ -202,11 +200,6 @@ def test_messages_already_waiting_are_fetched_without_waiting_for_more():
     """Messages that piled up while the hub was busy (JetStream says how many wait
     after each message) are fetched at once, exactly that many, so the pull ends
     as they arrive; then the batch is handed over without the top-up's wait."""
-    import pytest
-    from nats.errors import TimeoutError as NatsTimeout
-
-    from hub.bootstrap import TopUp
-
     now = [0.0]
     top = TopUp(0.005, 200, clock=lambda: now[0])
     assert top.request(200, 1.0) == (1, 1.0)
