@@ -232,13 +232,8 @@ def run(
     asyncio.run(_run(settings, role))
 
 
-async def _run(settings: Settings, role: str = "all") -> None:
-    import uvicorn
-
-    from hub.bootstrap import Hub
-
-    hub = Hub(settings, role=role)
-    await hub.start()
+def collector_for_running() -> None:
+    """The garbage collector as the hub runs once started (also `bench.pause`)."""
     # Everything built so far lives as long as the process: keep it out of the
     # garbage collector's generations, so collections stay short under load.
     gc.collect()
@@ -247,6 +242,16 @@ async def _run(settings: Settings, role: str = "all") -> None:
     # cycles): at the default threshold (700) the collector ran every few events and
     # took 11% of the hub's CPU over a backlog; at 10 000 it takes 3% (`make profile`).
     gc.set_threshold(10_000, 50, 50)
+
+
+async def _run(settings: Settings, role: str = "all") -> None:
+    import uvicorn
+
+    from hub.bootstrap import Hub
+
+    hub = Hub(settings, role=role)
+    await hub.start()
+    collector_for_running()
     if role == "worker":
         await _serve_worker(settings, hub)
         return

@@ -1,0 +1,86 @@
+"""What an event costs when the hub is not busy: `python -m bench.pause [events a run]
+[pause ms] [pairs]` (defaults 300 5 3).
+
+The inbound transaction alone (`hub.pipeline.process_inbound_batch`, no broker) on a
+fresh SQLite database with a consent per person (as `bench.pages`), timed in the
+thread's own CPU time for each batch:
+
+- one-event batches back to back;
+- one-event batches with a pause between them (the thread asleep, as the hub is
+  between events at a low offered load);
+- batches of 10 and of 500 back to back (a backlog's).
+
+Runs alternate, `pairs` times over, because this kind of machine's speed drifts
+within minutes; it prints each run and the median of each kind. The difference
+between the first two is what the same code costs once it has not run for a few
+milliseconds (caches gone cold, nothing of the hub's changed); the difference
+between one-event batches and a backlog's is what a transaction costs on its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.run import AUDIT_KEY, GP, consents_in_place, fit_note, hub_env, nhs_numbers
+
+KINDS = (("one-event batches, back to back", 1, 0.0), ("one-event batches, paused", 1, None),
+         ("batches of 10", 10, 0.0), ("batches of 500", 500, 0.0))
+
+
+async def main(per_run: int, pause_s: float, pairs: int) -> dict[str, list[float]]:
+    data_dir = Path(tempfile.mkdtemp(prefix="hub-pause-"))
+    os.environ.update(hub_env("nats://unused", data_dir))
+    from hub.audit import AuditLog
+    from hub.cli import collector_for_running
+    from hub.clock import Clock
+    from hub.db import make_engine
+    from hub.directory import load_directory
+    from hub.pipeline import Deps, process_inbound_batch
+    from hub.settings import Settings
+    from hub.store import UnitOfWorkFactory
+
+    runs = pairs * len(KINDS)
+    engine = make_engine(Settings().db_url)
+    gen = nhs_numbers()
+    people = [next(gen) for _ in range(per_run * (runs + 1))]
+    await consents_in_place(engine, people)
+    deps = Deps(uow=UnitOfWorkFactory(engine), directory=load_directory(None), clock=Clock(),
+                audit=AuditLog(AUDIT_KEY))
+    messages = [(f"hub.inbound.fit-note.{GP}", fit_note(p, i, "pause")[1]) for i, p in enumerate(people)]
+    for i in range(0, per_run, 100):  # warm-up: imports, statements compiled
+        await process_inbound_batch(deps, messages[i:i + 100])
+    collector_for_running()
+    results: dict[str, list[float]] = {name: [] for name, _, _ in KINDS}
+    at = per_run
+    for _ in range(pairs):
+        for name, batch, pause in KINDS:
+            pause = pause_s if pause is None else pause
+            cpu = 0.0
+            for i in range(at, at + per_run, batch):
+                if pause:
+                    time.sleep(pause)
+                started = time.thread_time()
+                await process_inbound_batch(deps, messages[i:i + batch])
+                cpu += time.thread_time() - started
+            at += per_run
+            results[name].append(1000 * cpu / per_run)
+            print(f"{name}: {results[name][-1]:.2f} ms of CPU an event", flush=True)
+    await engine.dispose()
+    return results
+
+
+def cli() -> None:
+    per_run, pause_ms, pairs = (int(a) for a in (sys.argv[1:] + ["300", "5", "3"][len(sys.argv) - 1:]))
+    results = asyncio.run(main(per_run, pause_ms / 1000, pairs))
+    print(f"\nmedian of {pairs} runs each, {per_run} events a run, pauses of {pause_ms} ms:")
+    for name, values in results.items():
+        print(f"  {name}: {statistics.median(values):.2f} ms of CPU an event")
+
+
+if __name__ == "__main__":
+    cli()
