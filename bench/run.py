@@ -53,6 +53,7 @@ GP = "B86001"
 AUDIT_KEY = b"bench-audit-key"  # the hub's (HUB_AUDIT_KEY) and the seeding's
 RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS")  # the example note with the example consent fans out to both
 FANOUT = len(RECIPIENTS)  # deliveries per note: the fan-out floor makes as many
+SETTLE_S = 0.3  # after a phase's last delivery, before the hub's CPU is read
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -130,6 +131,12 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU the process has used so far, in seconds (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -300,9 +307,14 @@ async def hub_and_latency(url: str, data_dir: Path, n: int, loads: list[int], se
     out: dict = {}
     try:
         t0 = await wait_ready(proc, "hub ready")
+        cpu0 = cpu_s(proc.pid)
         await asyncio.wait_for(listener.done.wait(), timeout=900)
         t1 = max(listener.seen.values())
         out["hub_eps"] = n / (t1 - t0)
+        # the hub's CPU an event, over the backlog and at each offered load: read once the
+        # last delivery is seen and the relay has had time to record it
+        await asyncio.sleep(SETTLE_S)
+        out["cpu_ms"] = {"backlog": 1000 * (cpu_s(proc.pid) - cpu0) / n}
 
         out["latency"] = {}
         offset = n
@@ -312,6 +324,7 @@ async def hub_and_latency(url: str, data_dir: Path, n: int, loads: list[int], se
             messages = [fit_note(persons[offset + i], offset + i, f"load{load}") for i in range(count)]
             offset += count
             listener.expect(len(listener.seen) + 2 * count)
+            cpu0 = cpu_s(proc.pid)
             start = time.perf_counter()
             for i, (eid, data) in enumerate(messages):
                 due = start + i / load
@@ -324,6 +337,8 @@ async def hub_and_latency(url: str, data_dir: Path, n: int, loads: list[int], se
                 await asyncio.wait_for(listener.done.wait(), timeout=120)
             except TimeoutError:
                 pass
+            await asyncio.sleep(SETTLE_S)
+            out["cpu_ms"][load] = 1000 * (cpu_s(proc.pid) - cpu0) / count
             lat = sorted((listener.seen[f"{eid}:{org}"] - t) * 1000 for eid, t in sent.items()
                          for org in RECIPIENTS if f"{eid}:{org}" in listener.seen)
             out["latency"][load] = {
@@ -428,12 +443,13 @@ async def main(args) -> dict:
             # Each hub round is a new hub on a new database with its own backlog; the last
             # one goes on to the offered loads.
             floors = [await floor(url, args.floor_events, args.batch, "floor-0")]
-            hubs = []
+            hubs, backlog_cpu = [], []
             for r in range(args.rounds):
                 last = r == args.rounds - 1
                 hub = await hub_and_latency(url, tmp_path / f"hub-{r}", args.events, loads if last else [],
                                             args.seconds, run=f"backlog-{r}")
                 hubs.append(hub.pop("hub_eps"))
+                backlog_cpu.append(hub["cpu_ms"].pop("backlog"))
                 floors.append(await floor(url, args.floor_events, args.batch, f"floor-{r + 1}"))
             # Not the floor of the target, for the reader: the floor making as many
             # deliveries of each note as the hub does (two), between the last floor
@@ -459,6 +475,10 @@ async def main(args) -> dict:
         "floor_fanout_share": round(fanout_share, 3),
         "floor_fanout_beside": [round(floors[-1], 1), round(after_fanout, 1)],
         "ratio_to_fanout_floor": round(statistics.median(ratios) / fanout_share, 3),
+        # the hub process's user + system CPU an event: each round's backlog, and at each offered load
+        "hub_cpu_ms_per_event": {"backlog": round(statistics.median(backlog_cpu), 2),
+                                 **{str(k): round(v, 2) for k, v in hub.pop("cpu_ms").items()}},
+        "hub_cpu_ms_per_event_rounds": [round(c, 2) for c in backlog_cpu],
         "p50_ms": {str(k): round(v["p50"], 1) for k, v in lat.items()},
         "p95_ms": {str(k): round(v["p95"], 1) for k, v in lat.items()},
         "p99_ms": {str(k): round(v["p99"], 1) for k, v in lat.items()},
@@ -497,6 +517,10 @@ def table(r: dict) -> str:
         *[(f"latency at {load}/s offered (p50 / p95 / p99)",
            f"{r['p50_ms'][load]:.1f} / {r['p95_ms'][load]:.1f} / {r['p99_ms'][load]:.1f} ms "
            f"({r['delivered'][load]} delivered)") for load in loads],
+        ("hub CPU per event (backlog; at " + ", ".join(f"{load}/s" for load in loads) + ")",
+         f"{r['hub_cpu_ms_per_event']['backlog']:.2f} ms (rounds: "
+         f"{' / '.join(f'{c:.2f}' for c in r['hub_cpu_ms_per_event_rounds'])}); "
+         + "; ".join(f"{r['hub_cpu_ms_per_event'][load]:.2f}" for load in loads) + " ms"),
         ("peak RSS of the hub", f"{r['peak_rss_mb']:.0f} MB"),
         ("audit per event (rows, bytes on disk)", f"{r['audit_rows_per_event']:.1f} rows, "
                                                    f"{r['audit_bytes_per_event']:.0f} B "
