@@ -10,6 +10,10 @@ thread's own CPU time for each batch:
   between events at a low offered load);
 - batches of 10 and of 500 back to back (a backlog's).
 
+Then the fit-note adapter alone (`adapters.adapt`, median thread CPU time of a
+note): back to back, after the thread slept the pause, and after it spun for the
+pause instead (busy, not idle).
+
 Runs alternate, `pairs` times over, because this kind of machine's speed drifts
 within minutes; it prints each run and the median of each kind. The difference
 between the first two is what the same code costs once it has not run for a few
@@ -74,12 +78,44 @@ async def main(per_run: int, pause_s: float, pairs: int) -> dict[str, list[float
     return results
 
 
+def adapter_alone(per_run: int, pause_s: float, pairs: int) -> dict[str, list[float]]:
+    """Median microseconds of thread CPU an adapted fit note, run by run."""
+    from adapters import adapt
+    from hub.clock import Clock
+    from hub.directory import load_directory
+
+    directory, now, gen = load_directory(None), Clock().now(), nhs_numbers()
+    notes = [fit_note(next(gen), i, "adapter")[1] for i in range(per_run)]
+
+    def spin(seconds: float) -> None:
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            pass
+
+    kinds = (("back to back", None), ("after sleeping", time.sleep), ("after spinning", spin))
+    results: dict[str, list[float]] = {name: [] for name, _ in kinds}
+    for _ in range(pairs):
+        for name, wait in kinds:
+            spent = []
+            for note in notes:
+                if wait:
+                    wait(pause_s)
+                started = time.thread_time()
+                adapt("fit-note", note, subject_org_id=GP, directory=directory, now=now)
+                spent.append(time.thread_time() - started)
+            results[name].append(1e6 * statistics.median(spent))
+    return results
+
+
 def cli() -> None:
     per_run, pause_ms, pairs = (int(a) for a in (sys.argv[1:] + ["300", "5", "3"][len(sys.argv) - 1:]))
     results = asyncio.run(main(per_run, pause_ms / 1000, pairs))
     print(f"\nmedian of {pairs} runs each, {per_run} events a run, pauses of {pause_ms} ms:")
     for name, values in results.items():
         print(f"  {name}: {statistics.median(values):.2f} ms of CPU an event")
+    print(f"the fit-note adapter alone, median of a note, {pause_ms} ms pauses:")
+    for name, values in adapter_alone(per_run, pause_ms / 1000, pairs).items():
+        print(f"  {name}: {' / '.join(f'{v:.0f}' for v in values)} us")
 
 
 if __name__ == "__main__":
