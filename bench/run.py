@@ -14,7 +14,8 @@ because this kind of machine's speed drifts within minutes: the headline, ratio 
 hub/floor, is the median of the rounds, each compared with the floors either side.
 After the rounds, the floor runs once more making two deliveries of each note, as
 the hub does, then once more as before (not the target's floor: it shows what the
-fan-out alone costs).
+fan-out alone costs). The hub's CPU per event (/proc) is read over each backlog and
+at each offered load.
 Writes bench/results.json and prints a table.
 """
 from __future__ import annotations
@@ -54,6 +55,7 @@ AUDIT_KEY = b"bench-audit-key"  # the hub's (HUB_AUDIT_KEY) and the seeding's
 RECIPIENTS = ("EMP-ACME", "OHP-HEALTHWORKS")  # the example note with the example consent fans out to both
 FANOUT = len(RECIPIENTS)  # deliveries per note: the fan-out floor makes as many
 SETTLE_S = 0.3  # after a phase's last delivery, before the hub's CPU is read
+IDLE_S = 1.0  # the hub's CPU with nothing to do is read over this long
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -314,7 +316,12 @@ async def hub_and_latency(url: str, data_dir: Path, n: int, loads: list[int], se
         # the hub's CPU an event, over the backlog and at each offered load: read once the
         # last delivery is seen and the relay has had time to record it
         await asyncio.sleep(SETTLE_S)
-        out["cpu_ms"] = {"backlog": 1000 * (cpu_s(proc.pid) - cpu0) / n}
+        cpu1 = cpu_s(proc.pid)
+        out["cpu_ms"] = {"backlog": 1000 * (cpu1 - cpu0) / n}
+        # what the hub spends with nothing to do (its timers: the relay's look for due work,
+        # the checkpointer, the consumer's long poll), included in the figures at each load
+        await asyncio.sleep(IDLE_S)
+        out["idle_cpu_ms_per_s"] = 1000 * (cpu_s(proc.pid) - cpu1) / IDLE_S
 
         out["latency"] = {}
         offset = n
@@ -338,7 +345,8 @@ async def hub_and_latency(url: str, data_dir: Path, n: int, loads: list[int], se
             except TimeoutError:
                 pass
             await asyncio.sleep(SETTLE_S)
-            out["cpu_ms"][load] = 1000 * (cpu_s(proc.pid) - cpu0) / count
+            if count:
+                out["cpu_ms"][load] = 1000 * (cpu_s(proc.pid) - cpu0) / count
             lat = sorted((listener.seen[f"{eid}:{org}"] - t) * 1000 for eid, t in sent.items()
                          for org in RECIPIENTS if f"{eid}:{org}" in listener.seen)
             out["latency"][load] = {
@@ -443,13 +451,14 @@ async def main(args) -> dict:
             # Each hub round is a new hub on a new database with its own backlog; the last
             # one goes on to the offered loads.
             floors = [await floor(url, args.floor_events, args.batch, "floor-0")]
-            hubs, backlog_cpu = [], []
+            hubs, backlog_cpu, idle_cpu = [], [], []
             for r in range(args.rounds):
                 last = r == args.rounds - 1
                 hub = await hub_and_latency(url, tmp_path / f"hub-{r}", args.events, loads if last else [],
                                             args.seconds, run=f"backlog-{r}")
                 hubs.append(hub.pop("hub_eps"))
                 backlog_cpu.append(hub["cpu_ms"].pop("backlog"))
+                idle_cpu.append(hub.pop("idle_cpu_ms_per_s"))
                 floors.append(await floor(url, args.floor_events, args.batch, f"floor-{r + 1}"))
             # Not the floor of the target, for the reader: the floor making as many
             # deliveries of each note as the hub does (two), between the last floor
@@ -479,6 +488,7 @@ async def main(args) -> dict:
         "hub_cpu_ms_per_event": {"backlog": round(statistics.median(backlog_cpu), 2),
                                  **{str(k): round(v, 2) for k, v in hub.pop("cpu_ms").items()}},
         "hub_cpu_ms_per_event_rounds": [round(c, 2) for c in backlog_cpu],
+        "hub_idle_cpu_ms_per_s": round(statistics.median(idle_cpu), 1),
         "p50_ms": {str(k): round(v["p50"], 1) for k, v in lat.items()},
         "p95_ms": {str(k): round(v["p95"], 1) for k, v in lat.items()},
         "p99_ms": {str(k): round(v["p99"], 1) for k, v in lat.items()},
@@ -520,7 +530,9 @@ def table(r: dict) -> str:
         ("hub CPU per event (backlog; at " + ", ".join(f"{load}/s" for load in loads) + ")",
          f"{r['hub_cpu_ms_per_event']['backlog']:.2f} ms (rounds: "
          f"{' / '.join(f'{c:.2f}' for c in r['hub_cpu_ms_per_event_rounds'])}); "
-         + "; ".join(f"{r['hub_cpu_ms_per_event'][load]:.2f}" for load in loads) + " ms"),
+         + "; ".join(f"{r['hub_cpu_ms_per_event'][load]:.2f}" if load in r['hub_cpu_ms_per_event'] else "-"
+                     for load in loads)
+         + f" ms (idle: {r['hub_idle_cpu_ms_per_s']:.0f} ms a second)"),
         ("peak RSS of the hub", f"{r['peak_rss_mb']:.0f} MB"),
         ("audit per event (rows, bytes on disk)", f"{r['audit_rows_per_event']:.1f} rows, "
                                                    f"{r['audit_bytes_per_event']:.0f} B "
