@@ -126,8 +126,8 @@ class TopUp:
     starts with one long pull of one message; once a message is in, the rest is
     what else arrives within `fill` seconds in all, except that messages already
     waiting (JetStream says how many after each message) are fetched without
-    waiting for more: a batch that took such a pile is handed over as soon as
-    nothing more waits. After a batch that filled (a backlog), the next is
+    waiting for more, even once the fill has run out: a batch that took such a
+    pile is handed over as soon as nothing more waits. After a batch that filled (a backlog), the next is
     fetched whole at once."""
 
     def __init__(self, fill: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -152,12 +152,18 @@ class TopUp:
             self.until = self.clock() + self.fill
             return batch, self.fill if timeout is None else min(timeout, self.fill)
         left = (self.until or 0.0) - self.clock()
-        if left < 0.0002 or (self.piled and not self.waiting):  # (below 0.2 ms nats-py would ask
-            self.filled = False                                   # for a pull that never expires)
-            raise NatsTimeout
-        if self.waiting:  # already there: a pull for exactly those ends as soon as they arrive
+        if self.waiting:
+            # Already there: a pull for exactly those ends as soon as they arrive, so they
+            # are taken even if the fill has run out meanwhile (the event loop was busy
+            # elsewhere); otherwise a backlog would go on in batches of one. (Out of
+            # fill, the pull expires after one more, in case another worker took them.)
             self.piled = True
-            batch = min(batch, self.waiting)
+            if left < 0.0002:
+                left = self.fill
+            return min(batch, self.waiting), left if timeout is None else min(timeout, left)
+        if left < 0.0002 or self.piled:  # (below 0.2 ms nats-py would ask for a pull that never expires)
+            self.filled = False
+            raise NatsTimeout
         return batch, left if timeout is None else min(timeout, left)
 
     def got(self, n: int, waiting: int = 0) -> None:

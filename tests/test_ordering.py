@@ -196,6 +196,29 @@ def test_a_batch_waits_for_more_messages_at_most_its_fill_in_all():
     assert top.request(200, 1.0) == (1, 1.0)
 
 
+def test_messages_already_waiting_are_fetched_even_after_the_fill_ran_out():
+    """The event loop can be busy elsewhere (committing the batch before) for longer
+    than the fill between a batch's first message and its top-up. Messages JetStream
+    says are waiting are still taken into the batch, or a backlog would go on in
+    batches of one (each after the first starting with a pull of one)."""
+    now = [0.0]
+    top = TopUp(0.001, 200, clock=lambda: now[0])
+    assert top.request(200, 1.0) == (1, 1.0)
+    top.got(1, waiting=37)
+    now[0] = 0.015  # 15 ms later: the fill ran out long ago
+    assert top.request(199, 0.999) == (37, 0.001)  # all 37, with a pull that expires after one fill
+    top.got(37, waiting=0)
+    with pytest.raises(NatsTimeout):  # nothing more waits: handed over
+        top.request(162, 0.99)
+
+    assert top.request(200, 1.0) == (1, 1.0)
+    now[0] = 0.02
+    top.got(1, waiting=0)  # on its own, with nothing behind it
+    now[0] = 0.03
+    with pytest.raises(NatsTimeout):  # the fill still bounds the wait for stragglers
+        top.request(199, 0.999)
+
+
 def test_messages_already_waiting_are_fetched_without_waiting_for_more():
     """Messages that piled up while the hub was busy (JetStream says how many wait
     after each message) are fetched at once, exactly that many, so the pull ends
