@@ -85,8 +85,9 @@ def _adjust_pull_fetch() -> None:
        idle consumer waits for its next message with one long-lived pull of one
        message (FastStream's timeout, 1 s), instead of polling every few
        milliseconds; once a message is in, the rest of the batch is topped up
-       from what is there, waiting at most FILL_S[name] in all. (A long pull for
-       the whole batch would wait for all of it. FastStream's batch consumer
+       from what is there, waiting for messages not yet there at most
+       FILL_S[name] in all (those JetStream says are waiting are taken
+       anyway). (A long pull for the whole batch would wait for all of it. FastStream's batch consumer
        fetches again until its batch is full or a fetch times out: under a
        steady trickle each top-up found one message, so a batch grew for as
        long as messages kept coming, up to 100 ms at 200 events/s. The bound is
@@ -119,6 +120,9 @@ def _adjust_pull_fetch() -> None:
     _JS.PullSubscription.fetch = fetch
 
 
+MIN_PULL_S = 0.0002  # a shorter pull would be asked for as one that never expires (nats-py's `expires`)
+
+
 class TopUp:
     """How one pull consumer's batches are filled (see _adjust_pull_fetch). FastStream
     starts each batch with a fetch of the whole batch size and goes on fetching the
@@ -127,8 +131,8 @@ class TopUp:
     what else arrives within `fill` seconds in all, except that messages already
     waiting (JetStream says how many after each message) are fetched without
     waiting for more, even once the fill has run out: a batch that took such a
-    pile is handed over as soon as nothing more waits. After a batch that filled (a backlog), the next is
-    fetched whole at once."""
+    pile is handed over as soon as nothing more waits. After a batch that
+    filled (a backlog), the next is fetched whole at once."""
 
     def __init__(self, fill: float, size: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.fill = fill
@@ -158,13 +162,17 @@ class TopUp:
             # elsewhere); otherwise a backlog would go on in batches of one. (Out of
             # fill, the pull expires after one more, in case another worker took them.)
             self.piled = True
-            if left < 0.0002:
-                left = self.fill
-            return min(batch, self.waiting), left if timeout is None else min(timeout, left)
-        if left < 0.0002 or self.piled:  # (below 0.2 ms nats-py would ask for a pull that never expires)
+            batch = min(batch, self.waiting)
+            if left < MIN_PULL_S:
+                left = max(self.fill, MIN_PULL_S)
+        elif left < MIN_PULL_S or self.piled:
             self.filled = False
             raise NatsTimeout
-        return batch, left if timeout is None else min(timeout, left)
+        wait = left if timeout is None else min(timeout, left)
+        if wait < MIN_PULL_S:  # FastStream's own deadline for the batch is (about) up
+            self.filled = False
+            raise NatsTimeout
+        return batch, wait
 
     def got(self, n: int, waiting: int = 0) -> None:
         if self.until is None:
@@ -214,8 +222,9 @@ def build_broker(settings: Settings, identity: "credentials.HubBrokerIdentity | 
         durable=INBOUND_CONSUMER,
         config=inbound_consumer_config(),
         # batch=True: one handler call per pull batch, its messages in stream order. An idle
-        # consumer long-polls (1 s); a batch is then topped up for at most inbound_batch_wait_s,
-        # which bounds the latency batching adds (see _adjust_pull_fetch).
+        # consumer long-polls (1 s); a batch is then topped up for at most inbound_batch_wait_s
+        # (messages already waiting excepted), which bounds the latency batching adds (see
+        # _adjust_pull_fetch).
         pull_sub=PullSub(batch_size=settings.inbound_batch, timeout=IDLE_PULL_S, batch=True),
         ack_policy=AckPolicy.MANUAL,
         decoder=_its_messages,

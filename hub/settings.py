@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     inbound_batch: int = Field(500, ge=1, le=1000, description="inbound messages fetched per pull, and "
                                                             "committed in one transaction (at most: a pull takes "
                                                             "what is waiting)")
-    inbound_batch_wait_s: float = Field(0.001, gt=0, le=1.0, description="how long a pull waits to fill its batch "
-                                                                        "(the most latency batching adds)")
+    inbound_batch_wait_s: float = Field(0.001, ge=0.0002, le=1.0, description="how long a pull waits, in all, for "
+                                        "more messages to fill its batch once its first is in (the most latency "
+                                        "batching adds; messages already waiting are taken without it)")
     inbound_max_attempts: int = Field(5, ge=1, description="tries of an inbound message whose processing raises, "
                                                          "before it is dead-lettered as poison")
     webhook_retry_budget_s: float = Field(86400, description="how long a webhook delivery is retried before it is "

@@ -218,6 +218,16 @@ def test_messages_already_waiting_are_fetched_even_after_the_fill_ran_out():
     with pytest.raises(NatsTimeout):  # the fill still bounds the wait for stragglers
         top.request(199, 0.999)
 
+    assert top.request(200, 1.0) == (1, 1.0)
+    top.got(1, waiting=5)
+    now[0] = 0.05
+    assert top.request(199, 0.95) == (5, 0.001)
+    top.timed_out()  # another worker had taken them: the pull expired after its one fill
+    assert top.request(200, 1.0) == (1, 1.0)  # the next batch starts with a long pull of one again
+    top.got(1, waiting=5)
+    with pytest.raises(NatsTimeout):  # FastStream's own deadline for the batch about up: handed over,
+        top.request(199, 0.0001)      # never a pull so short nats-py would ask for one that never expires
+
 
 def test_messages_already_waiting_are_fetched_without_waiting_for_more():
     """Messages that piled up while the hub was busy (JetStream says how many wait
