@@ -87,11 +87,12 @@ def _adjust_pull_fetch() -> None:
        milliseconds; once a message is in, the rest of the batch is topped up
        from what is there, waiting for messages not yet there at most
        FILL_S[name] in all (those JetStream says are waiting are taken
-       anyway). (A long pull for the whole batch would wait for all of it. FastStream's batch consumer
-       fetches again until its batch is full or a fetch times out: under a
-       steady trickle each top-up found one message, so a batch grew for as
-       long as messages kept coming, up to 100 ms at 200 events/s. The bound is
-       therefore on the whole top-up, from the batch's first message.)"""
+       anyway). (A long pull for the whole batch would wait for all of it.
+       FastStream's batch consumer fetches again until its batch is full or a
+       fetch times out: under a steady trickle each top-up found one message,
+       so a batch grew for as long as messages kept coming, up to 100 ms at 200
+       events/s. The bound is therefore on the whole top-up, from the batch's
+       first message.)"""
     from nats.js.client import JetStreamContext as _JS
 
     original = _JS.PullSubscription.fetch
