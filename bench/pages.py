@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import sqlite3
 import struct
 import sys
-import tempfile
 from pathlib import Path
 
-from bench.run import AUDIT_KEY, GP, consents_in_place, fit_note, hub_env, nhs_numbers
+from bench.run import inbound_alone
 
 _WAL_HEADER, _FRAME_HEADER = 32, 24
 
@@ -30,26 +28,11 @@ def _pages(wal: Path, page_size: int) -> list[int]:
 
 
 async def main(stored: int, batch: int, batches: int) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="hub-pages-"))
-    os.environ.update(hub_env("nats://unused", data_dir))
-    from hub.audit import AuditLog
-    from hub.clock import Clock
-    from hub.db import make_engine
-    from hub.directory import load_directory
-    from hub.pipeline import Deps, process_inbound_batch
-    from hub.settings import Settings
-    from hub.store import UnitOfWorkFactory
+    url, engine, deps, messages = await inbound_alone("pages", stored + batch * batches)  # no checkpoint but ours
+    from hub.pipeline import process_inbound_batch
 
-    url = Settings().db_url
     db = Path(url.split(":///", 1)[1])
     wal = db.with_name(db.name + "-wal")
-    engine = make_engine(url, background_checkpoint=True)  # no checkpoint but ours
-    gen = nhs_numbers()
-    people = [next(gen) for _ in range(stored + batch * batches)]
-    await consents_in_place(engine, people)
-    deps = Deps(uow=UnitOfWorkFactory(engine), directory=load_directory(None), clock=Clock(),
-                audit=AuditLog(AUDIT_KEY))
-    messages = [(f"hub.inbound.fit-note.{GP}", fit_note(p, i, "pages")[1]) for i, p in enumerate(people)]
     for i in range(0, stored, 200):
         await process_inbound_batch(deps, messages[i:min(i + 200, stored)])
     check = sqlite3.connect(db, isolation_level=None)

@@ -24,43 +24,25 @@ transaction costs on its own.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from bench.run import AUDIT_KEY, GP, consents_in_place, fit_note, hub_env, nhs_numbers
+from bench.run import GP, fit_note, inbound_alone, nhs_numbers
 
 KINDS = (("one-event batches, back to back", 1, 0.0), ("one-event batches, paused", 1, None),
          ("batches of 10", 10, 0.0), ("batches of 500", 500, 0.0))
 
 
 async def main(per_run: int, pause_s: float, rounds: int) -> dict[str, list[float]]:
-    data_dir = Path(tempfile.mkdtemp(prefix="hub-pause-"))
-    os.environ.update(hub_env("nats://unused", data_dir))
-    from hub.audit import AuditLog
+    url, engine, deps, messages = await inbound_alone("pause", per_run * (rounds * len(KINDS) + 1))
     from hub.cli import collector_for_running
-    from hub.clock import Clock
-    from hub.db import checkpointer, make_engine
-    from hub.directory import load_directory
-    from hub.pipeline import Deps, process_inbound_batch
-    from hub.settings import Settings
-    from hub.store import UnitOfWorkFactory
+    from hub.db import checkpointer
+    from hub.pipeline import process_inbound_batch
 
-    runs = rounds * len(KINDS)
-    url = Settings().db_url
     log_copier = checkpointer(url)  # as the hub runs: no commit pays for a checkpoint
-    engine = make_engine(url, background_checkpoint=log_copier is not None)
     if log_copier is not None:
         log_copier.start()
-    gen = nhs_numbers()
-    people = [next(gen) for _ in range(per_run * (runs + 1))]
-    await consents_in_place(engine, people)
-    deps = Deps(uow=UnitOfWorkFactory(engine), directory=load_directory(None), clock=Clock(),
-                audit=AuditLog(AUDIT_KEY))
-    messages = [(f"hub.inbound.fit-note.{GP}", fit_note(p, i, "pause")[1]) for i, p in enumerate(people)]
     for i in range(0, per_run, 100):  # warm-up: imports, statements compiled
         await process_inbound_batch(deps, messages[i:i + 100])
     collector_for_running()

@@ -37,6 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -165,6 +166,33 @@ async def consents_in_place(engine, persons: list[str]) -> None:
         for nhs in persons:
             await create(uow, audit, consent_for(nhs), now=now, actor="bench")
         await uow.commit()
+
+
+async def inbound_alone(run: str, events: int) -> tuple[str, Any, Any, list[tuple[str, bytes]]]:
+    """The inbound transaction without a broker (bench.pages, bench.pause): a new
+    database in a temporary directory with a consent for each of `events` people,
+    its engine as the hub makes it when the log is checkpointed off the commits
+    (the caller checkpoints it, or runs the hub's checkpointer), the pipeline's
+    dependencies, and a fit note about each person as it arrives inbound.
+    Returns (database URL, engine, Deps, messages)."""
+    os.environ.update(hub_env("nats://unused", Path(tempfile.mkdtemp(prefix=f"hub-{run}-"))))
+    from hub.audit import AuditLog
+    from hub.clock import Clock
+    from hub.db import make_engine
+    from hub.directory import load_directory
+    from hub.pipeline import Deps
+    from hub.settings import Settings
+    from hub.store import UnitOfWorkFactory
+
+    url = Settings().db_url
+    engine = make_engine(url, background_checkpoint=True)
+    gen = nhs_numbers()
+    people = [next(gen) for _ in range(events)]
+    await consents_in_place(engine, people)
+    deps = Deps(uow=UnitOfWorkFactory(engine), directory=load_directory(None), clock=Clock(),
+                audit=AuditLog(AUDIT_KEY))
+    messages = [(f"hub.inbound.fit-note.{GP}", fit_note(p, i, run)[1]) for i, p in enumerate(people)]
+    return url, engine, deps, messages
 
 
 async def seed(url: str, data_dir: Path, persons: list[str]) -> None:
