@@ -76,6 +76,7 @@ class OutboxRelay:
         self._other_work_at = 0.0
         self._ready: dict[str, Ready] = {}
         self._ready_bytes = 0
+        self._handed = 0  # deliveries handed over since the last broker pass began (see _send_broker)
 
     def kick(self) -> None:
         self._wake.set()
@@ -85,8 +86,10 @@ class OutboxRelay:
         state they rest on: sent without reading the copies back (see recheck).
         Only a cache: the relay still claims each row in the database, and sends
         one it was not handed (or has forgotten) from what the database holds.
+        They are counted, so that its next broker pass claims them all.
         It does not wake the relay: the caller kicks it."""
         if ready:
+            self._handed += len(ready)
             for r in ready:
                 self._forget_one(r.delivery_id)
                 self._ready[r.delivery_id] = r
@@ -131,11 +134,11 @@ class OutboxRelay:
         await asyncio.gather(*self._webhook_tasks.values(), return_exceptions=True)
 
     async def drain_once(self, everything: bool = True) -> bool:
-        """One pass; True if it found a full batch (more may be waiting).
+        """One pass; True if its broker pass was full (more may be waiting).
         `everything`: also start webhook recipients' tasks and publish dead letters."""
-        sent = await self._send_broker()
+        full = await self._send_broker()
         if not everything:
-            return sent >= self.batch
+            return full
         self._other_work_at = time.monotonic()
         now = self.clock.now()
         async with self.uow() as uow:
@@ -147,19 +150,27 @@ class OutboxRelay:
                 self._webhook_tasks[recipient] = asyncio.create_task(self._serve_webhook(recipient))
         if letters:
             await self._publish_dead_letters(letters)
-        return sent >= self.batch
+        return full
 
-    async def _send_broker(self) -> int:
+    async def _send_broker(self) -> bool:
         """The due broker deliveries are claimed (row locks: another worker's
         relay skips them), consent is decided again, those still allowed are
         published, and all are marked, in one transaction: a withdrawal that
         committed before it is seen; one that commits after it waits for it.
-        Returns how many rows it claimed."""
+
+        A pass claims up to `batch` rows more than it was handed since the last
+        one began, so it keeps up with the inbound batches committed between its
+        passes (each takes its turn at the write lock). A fixed size fell behind
+        them: an inbound batch of 500 fit notes hands over 1 000 deliveries, and
+        over a long backlog the copies held for sending grew until the oldest
+        were forgotten and had to be cut again from their events.
+        Returns True if the pass was full (more may be due)."""
         now, started = self.clock.now(), time.perf_counter()
+        limit, self._handed = self.batch + self._handed, 0
         async with self.uow() as uow:
-            rows = await uow.deliveries.due(now, channel="broker", limit=self.batch, claim=True)
+            rows = await uow.deliveries.due(now, channel="broker", limit=limit, claim=True)
             if not rows:
-                return 0
+                return False
             verdicts = await recheck(uow, self.deps, rows, now, self._ready)
             sending = [(r, v) for r, v in zip(rows, verdicts) if v.send]
             results = await self.broker.send_many(
@@ -178,7 +189,7 @@ class OutboxRelay:
         self._made(done, "broker")
         if done and self.on_delivered:
             self.on_delivered([r.delivery_id for r in done])
-        return len(rows)
+        return len(rows) >= limit
 
     async def _serve_webhook(self, recipient_id: str) -> None:
         """Deliver one webhook recipient's due rows in order; stop at the first
