@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 300.0
 OTHER_WORK_EVERY_S = 0.1
 READY_MAX_BYTES = 64 * 2**20  # copies held for sending; the oldest beyond it are forgotten (cut again when due)
+PASS_MAX_ROWS = 5000  # a broker pass claims at most this many (its statements' id lists stay far below drivers' limits)
 LEASE_TTL = timedelta(seconds=60)  # renewed before every webhook delivery; longer than any one POST
 
 
@@ -86,7 +87,7 @@ class OutboxRelay:
         state they rest on: sent without reading the copies back (see recheck).
         Only a cache: the relay still claims each row in the database, and sends
         one it was not handed (or has forgotten) from what the database holds.
-        They are counted, so that its next broker pass claims them all.
+        They are counted, so that its next broker pass claims as many rows.
         It does not wake the relay: the caller kicks it."""
         if ready:
             self._handed += len(ready)
@@ -111,6 +112,9 @@ class OutboxRelay:
             # Broker deliveries on every wake-up; webhook recipients and dead letters at most
             # every OTHER_WORK_EVERY_S (their lookup is a transaction of its own).
             everything = time.monotonic() - self._other_work_at >= OTHER_WORK_EVERY_S
+            # Cleared before the pass, not after: a kick while it runs (a commit it did
+            # not see; on PostgreSQL they run side by side) makes another pass at once.
+            self._wake.clear()
             try:
                 busy = await self.drain_once(everything=everything)
             except Exception:  # noqa: BLE001 - the relay must outlive a database or broker hiccup
@@ -118,7 +122,6 @@ class OutboxRelay:
                 busy = False
             if busy:
                 continue
-            self._wake.clear()
             # skipped webhook and dead-letter work is looked at once its 100 ms are up
             wait = self.interval if everything else min(self.interval, OTHER_WORK_EVERY_S)
             try:
@@ -158,15 +161,17 @@ class OutboxRelay:
         published, and all are marked, in one transaction: a withdrawal that
         committed before it is seen; one that commits after it waits for it.
 
-        A pass claims up to `batch` rows more than it was handed since the last
-        one began, so it keeps up with the inbound batches committed between its
-        passes (each takes its turn at the write lock). A fixed size fell behind
-        them: an inbound batch of 500 fit notes hands over 1 000 deliveries, and
-        over a long backlog the copies held for sending grew until the oldest
-        were forgotten and had to be cut again from their events.
+        A pass claims, oldest first, as many rows as it was handed since the
+        last one began and up to `batch` more (at most PASS_MAX_ROWS), so it
+        keeps up with the inbound batches committed between its passes (each
+        takes its turn at the write lock). A fixed size fell behind them: an
+        inbound batch of 500 fit notes hands over 1 000 deliveries, and over a
+        long backlog the copies held for sending grew until the oldest were
+        forgotten and had to be cut again from their events. (A count lost to a
+        failed pass is made up by the `batch` more of the passes after it.)
         Returns True if the pass was full (more may be due)."""
         now, started = self.clock.now(), time.perf_counter()
-        limit, self._handed = self.batch + self._handed, 0
+        limit, self._handed = min(self.batch + self._handed, PASS_MAX_ROWS), 0
         async with self.uow() as uow:
             rows = await uow.deliveries.due(now, channel="broker", limit=limit, claim=True)
             if not rows:

@@ -208,6 +208,7 @@ class _Plan:
 
     _registered: dict[int, Any] = {}
     _plans: dict[tuple[int, Any], "_Plan"] = {}  # per statement and dialect (its JSON serialiser, ...)
+    EXPANDED_KEPT = 256  # SQL strings kept per plan, one per length of its lists (the rest built each time)
 
     @classmethod
     def of(cls, statement: Any, dialect: Any) -> "_Plan | None":
@@ -248,7 +249,8 @@ class _Plan:
                 sql = self.sql
                 for name, n in zip(self.expanding, lengths):
                     sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * n))
-                self._expanded[lengths] = sql
+                if len(self._expanded) < self.EXPANDED_KEPT:
+                    self._expanded[lengths] = sql
         cursor = _raw(conn.execute, sql, args)
         rows = cursor.fetchall() if cursor.description else []
         make, results = self.row._make, self.results

@@ -39,20 +39,10 @@ async def test_batches_checked_ahead_of_their_commit_still_commit_in_order(setti
     Commits are held back until everything is published, so a backlog builds up
     behind them, and then each takes a little longer than a fetch, whatever the
     speed of the machine."""
-    import asyncio
-
     import hub.bootstrap as bootstrap
     from tests.conftest import Creds
 
-    published = asyncio.Event()
-    real = bootstrap.commit_batch
-
-    async def after_publishing(deps, checked, via="broker"):
-        await published.wait()
-        await asyncio.sleep(0.02)
-        return await real(deps, checked, via=via)
-
-    monkeypatch.setattr(bootstrap, "commit_batch", after_publishing)
+    published = commits_wait_for_publishing(monkeypatch, pause=0.02)
     hub = bootstrap.Hub(settings.model_copy(update={"inbound_batch": 3}), clock=clock)
     await hub.start()
     try:
@@ -63,7 +53,26 @@ async def test_batches_checked_ahead_of_their_commit_still_commit_in_order(setti
         await hub.stop()
 
 
-async def publish_interleaved_and_check_order(hub, creds, then=lambda: None) -> None:
+def commits_wait_for_publishing(monkeypatch, pause: float = 0.0):
+    """Inbound commits wait until the event returned is set (everything published),
+    then `pause` seconds more each, so a backlog builds up behind the first."""
+    import asyncio
+
+    import hub.bootstrap as bootstrap
+
+    published, real = asyncio.Event(), bootstrap.commit_batch
+
+    async def after_publishing(deps, checked, via="broker"):
+        await published.wait()
+        if pause:
+            await asyncio.sleep(pause)
+        return await real(deps, checked, via=via)
+
+    monkeypatch.setattr(bootstrap, "commit_batch", after_publishing)
+    return published
+
+
+async def publish_interleaved_and_check_order(hub, creds, then=lambda: None, notes_each: int = NOTES_EACH) -> None:
     from hub.consents import create
 
     async with hub.deps.uow() as uow:
@@ -78,14 +87,14 @@ async def publish_interleaved_and_check_order(hub, creds, then=lambda: None) -> 
     order: dict[str, tuple[str, int]] = {}  # event id -> (person, its index among that person's notes)
     nc = await connect_as(hub, gp, "B86001")
     js = nc.jetstream()
-    for i in range(NOTES_EACH):
+    for i in range(notes_each):
         for nhs in PEOPLE:
             msg = fit_note(**{"fit_note.patient.nhs_number": nhs})
             order[event_id("fit-note", "B86001", msg["fit_note"]["id"], 1)] = (nhs, i)
             await js.publish(inbound_subject("fit-note", "B86001"), orjson.dumps(msg), stream="HUB_INBOUND")
     await nc.close()
     then()
-    total = len(PEOPLE) * NOTES_EACH
+    total = len(PEOPLE) * notes_each
     await settled(hub, total, timeout=30)
 
     # the hub really did take several messages per transaction (otherwise this test proves nothing)
@@ -100,7 +109,7 @@ async def publish_interleaved_and_check_order(hub, creds, then=lambda: None) -> 
         seen[nhs].append((index, int(m.headers["Hub-Person-Seq"])))
     for nhs, arrivals in seen.items():
         # delivered in the order published, numbered 1..n in that same order
-        assert arrivals == [(i, i + 1) for i in range(NOTES_EACH)], nhs
+        assert arrivals == [(i, i + 1) for i in range(notes_each)], nhs
 
     # the number is the event's, kept on its delivery rows (a retry sends the same one)
     async with hub.deps.uow() as uow:

@@ -89,3 +89,18 @@ def test_only_statements_built_once_are_prepared():
     dialect = sqlite_dialect.dialect()
     assert store._Plan.of(select(t.audit_head), dialect) is None  # built per call: SQLAlchemy runs it
     assert store._Plan.of(store._HEAD, dialect) is store._Plan.of(store._HEAD, dialect)
+
+
+def test_a_plan_keeps_a_bounded_number_of_expanded_statements(monkeypatch):
+    """A statement with a list (`IN (...)`) is expanded once per length and kept;
+    past EXPANDED_KEPT lengths the rest are built each time, so a relay pass of
+    any size cannot grow the cache without bound. Each still reads correctly."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE consents (consent_id, nhs_number, version)")
+    conn.executemany("INSERT INTO consents VALUES (?, ?, 1)", [(f"c{i}", f"{i:010d}") for i in range(40)])
+    plan = store._Plan(store._CONSENT_VERSIONS, sqlite_dialect.dialect())  # a plan of its own: nothing kept yet
+    monkeypatch.setattr(store._Plan, "EXPANDED_KEPT", 5)
+    for n in range(1, 41):
+        rows = plan.run(conn, {"people": [f"{i:010d}" for i in range(n)]}).all()
+        assert len(rows) == n
+    assert sorted(plan._expanded) == [(1,), (2,), (3,), (4,), (5,)]
