@@ -77,7 +77,6 @@ class OutboxRelay:
         self._other_work_at = 0.0
         self._ready: dict[str, Ready] = {}
         self._ready_bytes = 0
-        self._handed = 0  # deliveries handed over since the last broker pass began (see _send_broker)
 
     def kick(self) -> None:
         self._wake.set()
@@ -87,10 +86,9 @@ class OutboxRelay:
         state they rest on: sent without reading the copies back (see recheck).
         Only a cache: the relay still claims each row in the database, and sends
         one it was not handed (or has forgotten) from what the database holds.
-        They are counted, so that its next broker pass claims as many rows.
+        How many it holds also sizes its next broker pass (see _send_broker).
         It does not wake the relay: the caller kicks it."""
         if ready:
-            self._handed += len(ready)
             for r in ready:
                 self._forget_one(r.delivery_id)
                 self._ready[r.delivery_id] = r
@@ -161,17 +159,16 @@ class OutboxRelay:
         published, and all are marked, in one transaction: a withdrawal that
         committed before it is seen; one that commits after it waits for it.
 
-        A pass claims, oldest first, as many rows as it was handed since the
-        last one began and up to `batch` more (at most PASS_MAX_ROWS), so it
-        keeps up with the inbound batches committed between its passes (each
-        takes its turn at the write lock). A fixed size fell behind them: an
-        inbound batch of 500 fit notes hands over 1 000 deliveries, and over a
-        long backlog the copies held for sending grew until the oldest were
-        forgotten and had to be cut again from their events. (A count lost to a
-        failed pass is made up by the `batch` more of the passes after it.)
+        A pass claims, oldest first, as many rows as it holds copies for (those
+        handed over and not yet claimed) and up to `batch` more (at most
+        PASS_MAX_ROWS), so it keeps up with the inbound batches committed
+        between its passes (each takes its turn at the write lock). A fixed size
+        fell behind them: an inbound batch of 500 fit notes hands over 1 000
+        deliveries, and over a long backlog the copies held for sending grew
+        until the oldest were forgotten and had to be cut again from their events.
         Returns True if the pass was full (more may be due)."""
         now, started = self.clock.now(), time.perf_counter()
-        limit, self._handed = min(self.batch + self._handed, PASS_MAX_ROWS), 0
+        limit = min(self.batch + len(self._ready), PASS_MAX_ROWS)
         async with self.uow() as uow:
             rows = await uow.deliveries.due(now, channel="broker", limit=limit, claim=True)
             if not rows:

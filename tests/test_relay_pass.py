@@ -1,6 +1,7 @@
 """The outbox relay's broker pass keeps up with the inbound batches committed
-between its passes: it claims as many rows as it was handed since its last
-pass began, oldest first, and up to `batch` more for any older ones waiting."""
+between its passes: it claims, oldest first, as many rows as it holds copies
+for (handed over and not yet claimed), and up to `batch` more for any older
+ones waiting."""
 from __future__ import annotations
 
 from collections import Counter
