@@ -48,7 +48,10 @@ def make_engine(url: str, *, background_checkpoint: bool = False) -> AsyncEngine
         @event.listens_for(engine.sync_engine, "begin")
         def _begin_immediate(conn):  # pragma: no cover
             # Take the write lock at BEGIN: two writers never deadlock upgrading a read lock.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A unit of work begins on the driver's connection itself (hub.store._Writer):
+            # a statement run through SQLAlchemy then joins that transaction.
+            if not conn.connection.driver_connection.raw.in_transaction:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **_JSON)

@@ -141,6 +141,11 @@ class Connection:
     def cursor(self) -> Cursor:
         return Cursor(self._conn.cursor(), self._timeout)
 
+    async def begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE on the driver's connection (hub.store's units of work on
+        SQLite), waiting without blocking the event loop while another holds the lock."""
+        await _patiently(self._timeout, self._conn.execute, "BEGIN IMMEDIATE")
+
     async def commit(self) -> None:
         await _patiently(self._timeout, self._conn.commit)
 

@@ -1,0 +1,115 @@
+"""Units of work on SQLite (hub.store._Writer): they take turns on one connection
+kept open, beginning and ending each transaction on the driver's connection, and
+a statement SQLAlchemy runs inside one joins it."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import warnings
+
+import pytest
+from sqlalchemy import event, select
+
+from hub import tables as t
+from hub.db import make_engine, migrate
+from hub.store import UnitOfWorkFactory
+
+NHS = "9434765919"
+
+
+@pytest.fixture
+def sqlite_only(settings):
+    if not settings.db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL: each unit of work has a pooled connection of its own")
+
+
+async def _seq(uow, nhs: str = NHS):
+    """The person's sequence number as SQLAlchemy's own execution reads it (not a prepared statement)."""
+    return (await uow.conn.execute(
+        select(t.person_seq.c.seq).where(t.person_seq.c.nhs_number == nhs))).scalar_one_or_none()
+
+
+async def test_units_of_work_take_turns_on_one_connection_kept_open(hub, sqlite_only):
+    checkouts = []
+    event.listen(hub.engine.sync_engine, "checkout", lambda *a: checkouts.append(1))
+    drivers = set()
+    for _ in range(5):
+        async with hub.deps.uow() as uow:
+            drivers.add(id(uow.conn._sqlite))
+            await uow.person_seq.next([NHS])
+            await uow.commit()
+    assert len(drivers) == 1 and checkouts == []  # opened once, before; never checked out again
+    async with hub.deps.uow() as uow:
+        assert await _seq(uow) == 5
+
+
+async def test_a_statement_through_sqlalchemy_joins_the_transaction(hub, sqlite_only):
+    async with hub.deps.uow() as uow:
+        assert uow.conn._sqlite.in_transaction and not uow.conn._conn.in_transaction()
+        await uow.person_seq.next([NHS])  # prepared, on the driver's connection
+        assert await _seq(uow) == 1  # SQLAlchemy's execution sees it: the same transaction
+        assert uow.conn._conn.in_transaction()
+        # left without commit: both roll back, and SQLAlchemy knows its transaction ended
+    async with hub.deps.uow() as uow:
+        assert not uow.conn._conn.in_transaction()
+        assert await _seq(uow) is None
+        await uow.person_seq.next([NHS])
+        await uow.commit()
+    async with hub.deps.uow() as uow:
+        assert not uow.conn._conn.in_transaction()  # ended by the commit through SQLAlchemy
+        assert uow.conn._sqlite.in_transaction
+        assert await _seq(uow) == 1
+
+
+async def test_a_committed_unit_of_work_takes_no_more_statements(hub, sqlite_only):
+    """Its connection is the next unit of work's once it commits (the lock is let go
+    then, not at the end of the block): a statement after that would run in another's
+    transaction, so it is refused."""
+    async with hub.deps.uow() as uow:
+        await uow.person_seq.next([NHS])
+        await uow.commit()
+        with pytest.raises(RuntimeError, match="has committed"):
+            await uow.person_seq.next([NHS])
+        with pytest.raises(RuntimeError, match="has committed"):
+            await _seq(uow)
+    async with hub.deps.uow() as uow:
+        assert await _seq(uow) == 1
+
+
+async def test_a_failed_unit_of_work_rolls_back_and_lets_the_next_in(hub):
+    with pytest.raises(ValueError):
+        async with hub.deps.uow() as uow:
+            await uow.person_seq.next([NHS])
+            raise ValueError("boom")
+
+    async def other():
+        async with hub.deps.uow() as uow:
+            await uow.person_seq.next([NHS])
+            await uow.commit()
+    await asyncio.wait_for(other(), 5)
+    async with hub.deps.uow() as uow:
+        assert await _seq(uow) == 1
+
+
+def test_the_kept_connection_closes_with_the_engine_and_each_event_loop(tmp_path):
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}")
+    factory = UnitOfWorkFactory(engine)
+    drivers: list[sqlite3.Connection] = []
+
+    async def one_transaction(dispose: bool) -> None:
+        await migrate(engine)
+        async with factory() as uow:
+            drivers.append(uow.conn._sqlite)
+            await uow.person_seq.next([NHS])
+            await uow.commit()
+        if dispose:
+            await engine.dispose()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asyncio.run(one_transaction(dispose=False))
+        asyncio.run(one_transaction(dispose=True))  # a new event loop: the first loop's connection closes
+    assert len(drivers) == 2 and drivers[0] is not drivers[1]
+    for driver in drivers:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            driver.execute("SELECT 1")
