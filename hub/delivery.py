@@ -4,7 +4,6 @@ Nats-Msg-Id = delivery id (the stream drops a re-publish). Webhook: an HTTP
 POST of the bundle with X-Request-ID = delivery id."""
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import itertools
@@ -20,6 +19,7 @@ from nats.js.errors import APIError
 
 from hub.directory import Directory
 from hub.streams import DELIVER_STREAM
+from hub.wake import Wake
 
 FHIR_JSON = "application/fhir+json"
 
@@ -135,7 +135,7 @@ class _Acks:
     def __init__(self, n: int) -> None:
         self._why: list[object] = [self._PENDING] * n
         self._left = n
-        self._done = asyncio.Event()
+        self._done = Wake()
 
     def settle(self, i: int, why: str | None) -> None:
         if self._why[i] is self._PENDING:
@@ -146,10 +146,7 @@ class _Acks:
 
     async def wait(self, timeout: float) -> None:
         if self._left:
-            try:
-                await asyncio.wait_for(self._done.wait(), timeout)
-            except TimeoutError:
-                pass
+            await self._done.wait(timeout)
 
     def results(self) -> list[str | None]:
         """Per message None (stored) or why not; no ack in time is a TimeoutError."""

@@ -6,11 +6,11 @@ workers never fire the same one; the event id, derived from the episode, makes
 a second firing a no-op anyway)."""
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from hub.pipeline import Deps, fire_milestone
+from hub.wake import Wake
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class MilestoneTimer:
         self.deps = deps
         self.interval = interval
         self.on_fired = on_fired
-        self._stopping = asyncio.Event()
+        self._stopping = Wake()
 
     async def run(self) -> None:
         while not self._stopping.is_set():
@@ -47,10 +47,7 @@ class MilestoneTimer:
                     self.on_fired()
             except Exception:  # noqa: BLE001 - a database hiccup must not stop the timer
                 log.exception("milestone timer pass failed; retrying")
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
+            await self._stopping.wait(self.interval)
 
     def stop(self) -> None:
         self._stopping.set()

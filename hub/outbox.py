@@ -28,6 +28,7 @@ from hub.audit import AuditLog
 from hub.delivery import BrokerChannel, DeliveryFailed, WebhookChannel
 from hub.pipeline import Deps, Ready, recheck
 from hub.streams import DLQ_STREAM, dlq_subject
+from hub.wake import Wake
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class OutboxRelay:
         self.audit = deps.audit
         self.interval = interval
         self.batch = batch
-        self._wake = asyncio.Event()
+        self._wake = Wake()
         self._webhook_tasks: dict[str, asyncio.Task] = {}
         self._stopping = False
         self.on_delivered: Callable[[list[str]], None] | None = None
@@ -122,10 +123,7 @@ class OutboxRelay:
                 continue
             # skipped webhook and dead-letter work is looked at once its 100 ms are up
             wait = self.interval if everything else min(self.interval, OTHER_WORK_EVERY_S)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+            await self._wake.wait(wait)
 
     async def stop(self) -> None:
         self._stopping = True

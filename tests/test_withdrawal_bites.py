@@ -237,10 +237,11 @@ def test_the_relay_forgets_the_oldest_copies_beyond_its_bound(monkeypatch):
     from hub import outbox
     from hub.outbox import OutboxRelay
     from hub.pipeline import ConsentState, Ready
+    from hub.wake import Wake
 
     monkeypatch.setattr(outbox, "READY_MAX_BYTES", 30)
     relay = OutboxRelay.__new__(OutboxRelay)  # only its memory of copies is exercised
-    relay._ready, relay._ready_bytes, relay._wake = {}, 0, asyncio.Event()
+    relay._ready, relay._ready_bytes, relay._wake = {}, 0, Wake()
     state = ConsentState(((), ()), None)
     relay.hold([Ready(f"e{i}:EMP-ACME", b"0123456789", state) for i in range(5)])
     assert list(relay._ready) == ["e2:EMP-ACME", "e3:EMP-ACME", "e4:EMP-ACME"]
