@@ -519,7 +519,6 @@ class Hub:
 
         async with self.deps.uow() as uow:
             subject = await resubmit_dead_letter(uow, self.deps, self.js, dead_letter_id, fixed, actor=actor)
-            await uow.commit()
         return subject
 
 

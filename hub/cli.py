@@ -192,7 +192,6 @@ def dead_letters_resubmit(
         try:
             async with deps.uow() as uow:
                 await resubmit_dead_letter(uow, deps, nc.jetstream(), dead_letter_id, body, actor="cli")
-                await uow.commit()
         finally:
             await nc.close()
 

@@ -21,7 +21,9 @@ async def resubmit_dead_letter(uow: UnitOfWork, deps: Deps, js, dead_letter_id: 
                                actor: str) -> str:
     """Publish a dead letter (or its correction) to its inbound subject again: it
     is processed as new input under the same rules. Returns the subject.
-    Raises LookupError if unknown, RedeliveryRefused if it cannot go."""
+    Raises LookupError if unknown, RedeliveryRefused if it cannot go. Commits
+    `uow` itself (the letter is marked before it is published): the caller does
+    not commit it again."""
     from hub.pipeline import parse_subject
     from hub.streams import INBOUND_STREAM
 

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 from sqlalchemy.sql.util import find_tables
+from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hub import tables as t
@@ -53,6 +54,10 @@ class _Conn:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
+    def check_open(self) -> None:
+        if self._done:
+            raise RuntimeError("this unit of work has committed; its connection is another's now")
+
     def defer(self, table: str, rows: Sequence[dict]) -> None:
         if rows:
             self._pending[table].extend(rows)
@@ -63,8 +68,7 @@ class _Conn:
         self._waiting = False
 
     async def execute(self, statement: Any, *args: Any, **kw: Any) -> Any:
-        if self._done:
-            raise RuntimeError("this unit of work has committed; its connection is another's now")
+        self.check_open()
         if self._sqlite is not None and not kw and (not args or isinstance(args[0], dict)) \
                 and self._sqlite.in_transaction:
             plan = _Plan.of(statement, self._conn.dialect)
@@ -78,8 +82,7 @@ class _Conn:
 
     async def executemany(self, sql: str, params: list[tuple]) -> None:
         """One compiled statement (this dialect's SQL) for many rows of parameters."""
-        if self._done:
-            raise RuntimeError("this unit of work has committed; its connection is another's now")
+        self.check_open()
         if self._sqlite is not None:
             _raw(self._sqlite.executemany, sql, params)
         else:
@@ -199,8 +202,14 @@ class _Rows:
 def _raw(fn: Any, sql: str, params: Any) -> Any:
     try:
         return fn(sql, params)
-    except sqlite3.Error as exc:  # as SQLAlchemy would raise it (callers tell transient failures by type)
-        raise DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True) from exc
+    except sqlite3.Error as exc:
+        raise _as_sqlalchemy_would(exc, sql) from exc
+
+
+def _as_sqlalchemy_would(exc: sqlite3.Error, sql: str) -> DBAPIError:
+    """A driver's error as SQLAlchemy would raise it: callers tell transient
+    failures (a locked database) by its type."""
+    return DBAPIError.instance(sql, None, exc, sqlite3.Error, hide_parameters=True)
 
 
 class _Plan:
@@ -912,9 +921,11 @@ class UnitOfWork:
             self._holding = True
             try:
                 self._raw, self._driver = await self._writer.connection()
-                await self._driver.begin_immediate()
-            except BaseException:
-                self._release()
+                await _driver_call(self._driver.begin_immediate, "BEGIN IMMEDIATE")
+            except BaseException as exc:
+                if self._driver is not None and not _waited_out(exc):
+                    await self._writer.drop()  # in an unknown state: the next unit of work opens another
+                await self._release()
                 raise
             sqlite = self._driver.raw
         else:
@@ -956,15 +967,17 @@ class UnitOfWork:
             await self.conn.execute(select(getattr(func, fn)(func.hashtext(n))))
 
     async def commit(self) -> None:
+        self.conn.check_open()
         await self.conn.flush()
         await self._end("commit")
         if self._driver is not None:
             self.conn._done = True  # the connection goes to the next unit of work with the lock
         # Done writing: let the next writer in now (on SQLite), not only when the block
         # ends, so that work after the commit (a publish) never holds the others up.
-        self._release()
+        await self._release()
 
     async def rollback(self) -> None:
+        self.conn.check_open()
         self.conn.discard()  # what was waiting is dropped with the rest
         self.conn._broken = False
         await self._end("rollback")
@@ -972,37 +985,68 @@ class UnitOfWork:
     async def _end(self, how: str) -> None:
         """Commit or roll back. On SQLite the transaction was begun on the driver's
         connection; if a statement run through SQLAlchemy joined it, SQLAlchemy
-        ends it (and so knows it has ended), otherwise the driver does."""
-        if self._driver is None or self._raw.in_transaction():
+        ends it (so that it knows it has ended; after a failed commit its
+        transaction stays, inactive, until rolled back), and the driver ends
+        what is left."""
+        if self._driver is None:
             await getattr(self._raw, how)()
-        elif self._driver.raw.in_transaction:
-            await getattr(self._driver, how)()
+            return
+        if self._raw.get_transaction() is not None:
+            await getattr(self._raw, how)()
+        if _in_transaction(self._driver):
+            await _driver_call(getattr(self._driver, how), how.upper())
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._driver is not None:
-            if not self._holding:
-                return  # committed: the connection is the next unit of work's already
+        if self._driver is None:
             try:
-                try:
-                    await self._end("rollback")
-                except BaseException:
-                    await self._writer.drop()  # in an unknown state: the next unit of work opens another
-                    raise
-                if self._raw.invalidated:
-                    await self._writer.drop()
+                if self._raw.in_transaction():
+                    await self._raw.rollback()
             finally:
-                self._release()
+                await self._raw.close()
             return
+        if not self._holding:
+            return  # committed: the connection is the next unit of work's already
         try:
-            if self._raw.in_transaction():
-                await self._raw.rollback()
+            await self._end("rollback")
+            if self._raw.invalidated:
+                await self._writer.drop()
+        except BaseException:
+            await self._writer.drop()  # in an unknown state: the next unit of work opens another
+            raise
         finally:
-            await self._raw.close()
+            await self._release()
 
-    def _release(self) -> None:
+    async def _release(self) -> None:
         if self._holding:
             self._holding = False
-            self._writer.lock.release()
+            try:
+                if self._writer.stale:  # its engine was disposed while this unit of work had it
+                    await self._writer.drop()
+            finally:
+                self._writer.lock.release()
+
+
+async def _driver_call(fn: Any, sql: str) -> None:
+    """A transaction statement on the driver's connection."""
+    try:
+        await fn()
+    except sqlite3.Error as exc:
+        raise _as_sqlalchemy_would(exc, sql) from exc
+
+
+def _in_transaction(driver: Any) -> bool:
+    try:
+        return driver.raw.in_transaction
+    except sqlite3.ProgrammingError:  # closed (its engine was disposed): nothing to end
+        return False
+
+
+def _waited_out(exc: BaseException) -> bool:
+    """BEGIN gave up waiting for the lock, or its wait was cancelled: the
+    connection itself is as it was."""
+    return isinstance(exc, asyncio.CancelledError) or (
+        isinstance(exc, DBAPIError) and isinstance(exc.orig, sqlite3.OperationalError)
+        and "locked" in str(exc.orig).lower())
 
 
 class _Writer:
@@ -1013,12 +1057,13 @@ class _Writer:
     SQLAlchemy's pool checkout, begin and checkin: about 0.3 ms of CPU a
     transaction when events come one at a time (two transactions an event; README
     Performance). A statement run through SQLAlchemy joins the transaction (the
-    engine's begin listener, hub.db, sees it open). Closed when the engine is
-    disposed."""
+    engine's begin listener, hub.db, sees it open). The connection is closed
+    when the engine is disposed, or by the unit of work that has it then."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.lock = asyncio.Lock()
+        self.stale = False
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
 
@@ -1030,23 +1075,25 @@ class _Writer:
             except BaseException:
                 await conn.close()
                 raise
-            self._conn = conn
+            self._conn, self.stale = conn, False
         return self._conn, self._driver
 
     async def drop(self) -> None:
-        conn, self._conn, self._driver = self._conn, None, None
-        if conn is not None:
-            try:
-                await conn.invalidate()
-            finally:
-                await conn.close()
+        await greenlet_spawn(self._close)
 
     def closed_with_engine(self) -> None:
-        """From the engine's dispose (run where SQLAlchemy can await the driver)."""
-        conn, driver, self._conn, self._driver = self._conn, self._driver, None, None
+        """From the engine's dispose (where SQLAlchemy can await the driver); a
+        unit of work that has the connection now closes it when it lets go."""
+        if self.lock.locked():
+            self.stale = True
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        conn, driver, self._conn, self._driver, self.stale = self._conn, self._driver, None, None, False
         if conn is not None:
             try:
-                conn.sync_connection.invalidate()
+                conn.sync_connection.invalidate()  # closes the driver's connection
                 conn.sync_connection.close()
             except Exception:  # noqa: BLE001 - not where SQLAlchemy can await: close the driver's own
                 driver.stop()
@@ -1070,13 +1117,14 @@ class UnitOfWorkFactory:
             loop = asyncio.get_running_loop()
             writer = self._writers.get(loop)
             if writer is None:
-                self._disposed(None)  # a new event loop (tests): the old loop's writer goes with it
+                for old in self._writers.values():  # a new event loop (tests): the old loop's goes
+                    old._close()
+                self._writers.clear()
                 writer = self._writers[loop] = _Writer(self.engine)
         return UnitOfWork(self.engine, writer)
 
     def _disposed(self, _engine: Any) -> None:
-        writers, self._writers = list(self._writers.values()), {}
-        for w in writers:
+        for w in self._writers.values():
             w.closed_with_engine()
 
 

@@ -72,7 +72,82 @@ async def test_a_committed_unit_of_work_takes_no_more_statements(hub, sqlite_onl
             await uow.person_seq.next([NHS])
         with pytest.raises(RuntimeError, match="has committed"):
             await _seq(uow)
+        with pytest.raises(RuntimeError, match="has committed"):
+            await uow.commit()  # it would have ended whichever transaction the connection is in now
     async with hub.deps.uow() as uow:
+        assert await _seq(uow) == 1
+
+
+async def test_a_database_locked_too_long_fails_as_sqlalchemy_would(hub, sqlite_only, tmp_path):
+    """Transient for the inbound handler (it naks the batch rather than trying each
+    message alone), and the connection is kept for the next unit of work."""
+    from sqlalchemy.exc import OperationalError
+    from hub.bootstrap import _transient
+
+    async with hub.deps.uow() as uow:
+        driver = hub.deps.uow._writers[asyncio.get_running_loop()]._driver
+        await uow.commit()
+    other = sqlite3.connect(hub.settings.db_url.split(":///", 1)[-1], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    driver._timeout = 0.2
+    try:
+        with pytest.raises(OperationalError, match="locked") as caught:
+            async with hub.deps.uow():
+                pass
+        assert _transient(caught.value)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with hub.deps.uow() as uow:
+        assert uow.conn._sqlite is driver.raw
+        await uow.person_seq.next([NHS])
+        await uow.commit()
+
+
+async def test_a_failed_commit_through_sqlalchemy_leaves_the_connection_usable(hub, sqlite_only, monkeypatch):
+    """SQLAlchemy keeps a transaction whose commit failed, inactive, until it is
+    rolled back; the unit of work rolls it back, so the next one's statements run."""
+    from sqlalchemy.exc import OperationalError
+    from hub import sqlite_inline
+
+    real = sqlite_inline.Connection.commit
+    failing = [True]
+
+    async def commit_once_failing(self):
+        if failing.pop() if failing else False:
+            raise sqlite3.OperationalError("disk I/O error")
+        await real(self)
+
+    monkeypatch.setattr(sqlite_inline.Connection, "commit", commit_once_failing)
+    with pytest.raises(OperationalError, match="disk I/O error"):
+        async with hub.deps.uow() as uow:
+            await uow.person_seq.next([NHS])
+            assert await _seq(uow) == 1  # through SQLAlchemy: it ends the transaction
+            await uow.commit()
+    async with hub.deps.uow() as uow:
+        assert await _seq(uow) is None  # rolled back, and SQLAlchemy's statements run again
+        await uow.person_seq.next([NHS])
+        await uow.commit()
+    async with hub.deps.uow() as uow:
+        assert await _seq(uow) == 1
+
+
+async def test_an_engine_disposed_mid_transaction_lets_it_finish(hub, sqlite_only):
+    """The unit of work that has the connection keeps it to the end and closes it;
+    the next opens another and still queues on the same lock."""
+    writer = None
+    async with hub.deps.uow() as uow:
+        writer = hub.deps.uow._writers[asyncio.get_running_loop()]
+        first = uow.conn._sqlite
+        await hub.engine.dispose()
+        await uow.person_seq.next([NHS])
+        assert await _seq(uow) == 1
+        await uow.commit()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        first.execute("SELECT 1")
+    async with hub.deps.uow() as uow:
+        assert hub.deps.uow._writers[asyncio.get_running_loop()] is writer
+        assert uow.conn._sqlite is not first
         assert await _seq(uow) == 1
 
 

@@ -36,7 +36,7 @@ async def test_a_cancelled_wait_leaves_it_usable():
 
 
 async def test_a_set_reaches_its_waiter_in_one_turn_of_the_event_loop(monkeypatch):
-    """asyncio.wait_for(event.wait(), timeout) takes about four (Python 3.11):
+    """asyncio.wait_for(event.wait(), timeout) takes three (Python 3.11):
     at 200 events/s the relay waits like this twice an event."""
     loop = asyncio.get_running_loop()
     turns = 0
