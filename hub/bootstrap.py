@@ -30,7 +30,7 @@ from hub.nats_server import EmbeddedNats, signal_reload
 from hub.milestones import MilestoneTimer
 from hub.outbox import OutboxRelay
 from hub.pipeline import Deps, check_batch, commit_batch, parse_subject, poison, process_inbound
-from hub.settings import Settings
+from hub.settings import MIN_PULL_S, Settings
 from hub.store import UnitOfWorkFactory
 from hub.streams import (
     DELIVER_STREAM,
@@ -119,9 +119,6 @@ def _adjust_pull_fetch() -> None:
 
     fetch._hub_shim = True  # type: ignore[attr-defined]
     _JS.PullSubscription.fetch = fetch
-
-
-MIN_PULL_S = 0.0002  # a shorter pull would be asked for as one that never expires (nats-py's `expires`)
 
 
 class TopUp:

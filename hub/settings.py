@@ -8,6 +8,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+MIN_PULL_S = 0.0002  # a shorter pull would be asked for as one that never expires (nats-py's `expires`)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HUB_", extra="ignore")
 
@@ -27,7 +30,7 @@ class Settings(BaseSettings):
     inbound_batch: int = Field(500, ge=1, le=1000, description="inbound messages fetched per pull, and "
                                                             "committed in one transaction (at most: a pull takes "
                                                             "what is waiting)")
-    inbound_batch_wait_s: float = Field(0.001, ge=0.0002, le=1.0, description="how long a pull waits, in all, for "
+    inbound_batch_wait_s: float = Field(0.001, ge=MIN_PULL_S, le=1.0, description="how long a pull waits, in all, for "
                                         "more messages to fill its batch once its first is in (the most latency "
                                         "batching adds; messages already waiting are taken without it)")
     inbound_max_attempts: int = Field(5, ge=1, description="tries of an inbound message whose processing raises, "

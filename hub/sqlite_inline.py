@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 _RETRY_S = 0.002
 
 
-def _locked(exc: sqlite3.OperationalError) -> bool:
+def locked(exc: sqlite3.OperationalError) -> bool:
+    """SQLite says another connection holds the lock."""
     text = str(exc).lower()
     return "database is locked" in text or "database is busy" in text
 
@@ -41,7 +42,7 @@ async def _patiently(timeout: float, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
         except sqlite3.OperationalError as exc:
-            if not _locked(exc) or time.monotonic() >= deadline:
+            if not locked(exc) or time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)

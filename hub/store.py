@@ -25,7 +25,7 @@ from sqlalchemy.sql.util import find_tables
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from hub import tables as t
+from hub import sqlite_inline, tables as t
 from hub.audit_chain import GENESIS, chain_hash
 
 
@@ -1046,7 +1046,7 @@ def _waited_out(exc: BaseException) -> bool:
     connection itself is as it was."""
     return isinstance(exc, asyncio.CancelledError) or (
         isinstance(exc, DBAPIError) and isinstance(exc.orig, sqlite3.OperationalError)
-        and "locked" in str(exc.orig).lower())
+        and sqlite_inline.locked(exc.orig))
 
 
 class _Writer:
