@@ -5,7 +5,7 @@ No validation, consent or database. Same batch size as the hub's subscriber, and
 the same way of being handed its message: as it came (`apply_types=False`, a
 decoder that returns the nats message), not by FastStream's dependency injection, which
 resolves the message on a worker thread, a hand-off per message that held this
-floor to ~55% of what it can do (README Performance).
+floor to ~55% of what it can do (bench/HISTORY.md, "The floor was set too low").
 
 With a third argument, `deliveries`, it publishes that many per message (the
 bench's fan-out floor: 2, as many as the hub makes of each benchmark fit note).
