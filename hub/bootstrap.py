@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from faststream import AckPolicy
@@ -60,6 +60,17 @@ async def _when_jetstream_answers(step: Callable[[], Awaitable[None]], timeout: 
                 raise
             log.warning("JetStream is not answering yet (%s; no leader?); retrying", type(exc).__name__)
             await asyncio.sleep(1.0)
+
+
+T = TypeVar("T")
+
+
+async def _give_back(raws: list[Any]) -> None:
+    """Not acked, handed back: JetStream redelivers them to this consumer (this
+    worker restarted, or another) in a second; not at once, or a stopping
+    consumer would fetch them again and again."""
+    for m in raws:
+        await m.nak(delay=1.0)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -186,6 +197,9 @@ FILL_S: dict[tuple[str, str], tuple[float, int]] = {}  # (stream, durable consum
 _adjust_pull_fetch()
 IDLE_PULL_S = 1.0
 STOP_GRACE_S = 10.0
+TRANSIENT_FIRST_RETRY_S = 0.1  # a batch the database failed is tried again after this, doubling up to
+TRANSIENT_MAX_RETRY_S = 2.0  # this
+IN_PROGRESS_EVERY_S = 5.0  # while it waits, JetStream is told so this often (the inbound ack wait is 20 s)
 
 
 async def _its_messages(batch: NatsBatchMessage) -> list[Msg]:
@@ -304,6 +318,7 @@ class Hub:
         self.largest_batch = 0  # the most inbound messages one transaction has taken so far
         self._checked: asyncio.Queue = asyncio.Queue(maxsize=1)  # checked batches waiting to commit
         self._committing = False
+        self._given_back = False  # stopping: a batch was handed back to JetStream, so all after it are too
         self.checked_ahead = 0  # batches checked while the one before was committing
         self._closing = False
         self._http: httpx.AsyncClient | None = None
@@ -325,8 +340,7 @@ class Hub:
         batch waits its turn, and the consumer waits behind it."""
         raws = list(messages)
         if self._closing:  # stopping: another worker (or this one, restarted) takes them shortly
-            for m in raws:
-                await m.nak(delay=1.0)  # (not at once: this consumer would fetch them again and again)
+            await _give_back(raws)
             return
         self.largest_batch = max(self.largest_batch, len(raws))
         started = time.perf_counter()
@@ -359,26 +373,27 @@ class Hub:
     async def _commit(self, raws: list[Any], checked: list[Any] | None, started: float) -> None:
         """A checked batch in one transaction (group commit), acked only after it
         committed. If it fails, each message is handled on its own, in order, so
-        one bad message cannot hold back or poison the rest."""
+        one bad message cannot hold back or poison the rest. If the database fails
+        it (unavailable, locked, a deadlock broken), the same batch is tried again
+        in place (`_until_the_database_answers`), so nothing after it overtakes it."""
+        if self._given_back:  # stopping, and a batch before this one was given back
+            await _give_back(raws)
+            return
         if checked is None:  # checking it raised (handle_inbound logged it): each message alone
             for m in raws:
                 await self._handle_alone(m)
             return
         try:
-            outs = await commit_batch(self.deps, checked, via="broker")
+            outs = await self._until_the_database_answers(raws, lambda: commit_batch(self.deps, checked, via="broker"))
         except Exception as exc:  # noqa: BLE001 - sorted below
-            if not _transient(exc):
-                log.warning("inbound batch of %d failed (%s); handling each message alone", len(raws),
-                            type(exc).__name__)
-                for m in raws:
-                    await self._handle_alone(m)
+            if _transient(exc):  # stopping while the database is down: redelivered, in order, later
+                self._given_back = True
+                await _give_back(raws)
                 return
-            # The database is unavailable, locked or chose this transaction to break a
-            # deadlock: no message is at fault, so this never counts towards poison.
-            log.warning("database unavailable (%s); %d inbound messages will be redelivered",
-                        type(exc).__name__, len(raws))
+            log.warning("inbound batch of %d failed (%s); handling each message alone", len(raws),
+                        type(exc).__name__)
             for m in raws:
-                await m.nak(delay=2.0)
+                await self._handle_alone(m)
             return
         self._hand_over(outs)  # the relay runs once the acks below yield
         for m, out in zip(raws, outs):
@@ -386,6 +401,29 @@ class Hub:
             metrics.EVENTS_IN.labels(parse_subject(m.subject)[0], out.outcome).inc()
         metrics.PIPELINE_SECONDS.observe(time.perf_counter() - started)
         log.debug("committed %d inbound messages in %.1f ms", len(raws), 1000 * (time.perf_counter() - started))
+
+    async def _until_the_database_answers(self, raws: list[Any], attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()`, tried again with back-off for as long as the database fails
+        it and the hub is not stopping; JetStream is told the messages are still in
+        progress, so it does not redeliver them meanwhile. No message is to blame,
+        so none of this counts towards poison, and the messages behind wait: a
+        person's later event never overtakes an earlier one held up by an outage.
+        Raises the database's error once the hub is stopping, or any other error."""
+        delay, told = TRANSIENT_FIRST_RETRY_S, time.monotonic()
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                if not _transient(exc) or self._closing:
+                    raise
+                log.warning("database unavailable (%s); %d inbound messages tried again in %.1f s",
+                            type(exc).__name__, len(raws), delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, TRANSIENT_MAX_RETRY_S)
+            if time.monotonic() - told >= IN_PROGRESS_EVERY_S:
+                for m in raws:
+                    await m.in_progress()
+                told = time.monotonic()
 
     def _hand_over(self, outs: list[Any]) -> None:
         """Committed outcomes to the relay: the copies cut for their deliveries, and a
@@ -399,13 +437,16 @@ class Hub:
         back-off, and after HUB_INBOUND_MAX_ATTEMPTS the message is dead-lettered."""
         attempt = raw.metadata.num_delivered if raw.metadata else 1
         kind = parse_subject(raw.subject)[0]
+        if self._given_back:
+            await _give_back([raw])
+            return
         try:
-            out = await process_inbound(self.deps, raw.subject, raw.data, via="broker")
+            out = await self._until_the_database_answers(
+                [raw], lambda: process_inbound(self.deps, raw.subject, raw.data, via="broker"))
         except Exception as exc:  # noqa: BLE001 - not acked: JetStream redelivers it after a delay
-            if _transient(exc):
-                log.warning("database unavailable (%s); inbound %s message will be redelivered",
-                            type(exc).__name__, kind)
-                await raw.nak(delay=2.0)
+            if _transient(exc):  # stopping while the database is down
+                self._given_back = True
+                await _give_back([raw])
                 return
             if attempt < self.settings.inbound_max_attempts:
                 log.warning("inbound %s message failed (attempt %d of %d, %s); will be redelivered",
@@ -452,7 +493,7 @@ class Hub:
                                              on_fired=self.relay.kick)
             FILL_S[(INBOUND_STREAM, INBOUND_CONSUMER)] = (self.settings.inbound_batch_wait_s,
                                                           self.settings.inbound_batch)
-            self._closing = False
+            self._closing = self._given_back = False
             self._checked = asyncio.Queue(maxsize=1)  # (a stop that ran out of grace left its batches behind)
             self._tasks.append(asyncio.create_task(self._commit_in_order(), name="inbound-commit"))
             await self.broker.start()

@@ -674,8 +674,8 @@ async def test_database_locked_past_the_busy_timeout_loses_and_duplicates_nothin
     the lock for 33 s instead of lowering it. Every transaction waiting on the
     lock then fails: the ones that reached SQLite with "database is locked",
     the ones queued for a pooled connection with the pool's own 30 s timeout.
-    The inbound message is nacked and redelivered, and the relay's pass fails
-    and is retried. Once the lock is gone everything goes through, exactly
+    The inbound batch is tried again in place until the lock is gone, and the
+    relay's pass fails and is retried. Once the lock is gone everything goes through, exactly
     once, and no valid message is dead-lettered as poison.
 
     And no pooled connection leaks when BEGIN fails (UnitOfWork.__aenter__
@@ -684,7 +684,7 @@ async def test_database_locked_past_the_busy_timeout_loses_and_duplicates_nothin
     await _locked_database_scenario(hub, creds, hold_s=33.0, n_before=20, n_during=60)
     failures = [r.getMessage() for r in caplog.records if r.name == "hub.bootstrap"
                 and ("failed" in r.getMessage() or "database unavailable" in r.getMessage())]
-    # whichever reached SQLite first outlived the timeout: an inbound batch (nacked) or a relay pass (retried)
+    # whichever reached SQLite first outlived the timeout: an inbound batch or a relay pass (both retried)
     relay_timed_out = any(r.name == "hub.outbox" and r.exc_info and "OperationalError" in type(r.exc_info[1]).__name__
                           for r in caplog.records)
     assert relay_timed_out or any("OperationalError" in m for m in failures), (

@@ -53,6 +53,49 @@ async def test_batches_checked_ahead_of_their_commit_still_commit_in_order(setti
         await hub.stop()
 
 
+@pytest.mark.parametrize("where", ["batch", "alone"])
+async def test_a_batch_the_database_failed_is_tried_again_before_anything_after_it(settings, clock, monkeypatch,
+                                                                                  where):
+    """The database fails the first transactions (locked past its wait, or gone):
+    a whole batch's ("batch"), or, once a batch failed for a message's sake and
+    its messages are tried one by one, the first message's ("alone"). They are
+    tried again in place, not handed back to JetStream, which would redeliver
+    them after the batches behind them had been accepted: a person's later
+    note would have overtaken an earlier one, and taken its number."""
+    import hub.bootstrap as bootstrap
+    from sqlalchemy.exc import OperationalError
+
+    from hub.streams import INBOUND_CONSUMER, INBOUND_STREAM
+    from tests.conftest import Creds
+
+    failed = []
+
+    def failing(real, times: int):
+        async def attempt(*args, **kw):
+            if len(failed) < times:
+                failed.append(args[-1] if where == "alone" else len(args[1]))
+                raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+            return await real(*args, **kw)
+        return attempt
+
+    if where == "batch":
+        monkeypatch.setattr(bootstrap, "commit_batch", failing(bootstrap.commit_batch, 2))
+    else:
+        async def for_a_message(*args, **kw):
+            raise ValueError("a message's fault")
+        monkeypatch.setattr(bootstrap, "commit_batch", for_a_message)
+        monkeypatch.setattr(bootstrap, "process_inbound", failing(bootstrap.process_inbound, 2))
+    hub = bootstrap.Hub(settings.model_copy(update={"inbound_batch": 3}), clock=clock)
+    await hub.start()
+    try:
+        await publish_interleaved_and_check_order(hub, Creds(hub), notes_each=3)
+        assert len(failed) == 2  # otherwise this test proves nothing
+        consumer = await hub.js.consumer_info(INBOUND_STREAM, INBOUND_CONSUMER)
+        assert consumer.num_redelivered == 0  # tried again in place: nothing went back to JetStream
+    finally:
+        await hub.stop()
+
+
 def commits_wait_for_publishing(monkeypatch, pause: float = 0.0):
     """Inbound commits wait until the event returned is set (everything published),
     then `pause` seconds more each, so a backlog builds up behind the first."""
