@@ -372,21 +372,24 @@ def _note_key(source_org_id: str, note_id: str) -> str:
 
 
 async def _had_replaced_note(uow: UnitOfWork, event: CanonicalEvent) -> list[str]:
-    """For a superseding note: who had the note (or earlier version) it replaces."""
+    """For a superseding note: who had the note (or earlier version) it replaces,
+    about the same person from the same issuer."""
     f = event.facts
-    replaced: list[str] = []
-    if f.replaces:
-        replaced += [r.event_id for r in await uow.events.by_document("fit-note", f.replaces, event.source_org_id)]
+    replaced = [f.replaces] if f.replaces else []
     if (f.version or 1) > 1:
-        replaced += [r.event_id for r in await uow.events.by_document("fit-note", f.document_id, event.source_org_id)]
-    return await uow.deliveries.recipients_of(replaced)
+        replaced.append(f.document_id)
+    earlier = [r.event_id for document_id in replaced
+               for r in await uow.events.by_document("fit-note", document_id, nhs_number=f.nhs_number,
+                                                     source_org_id=event.source_org_id)]
+    return await uow.deliveries.recipients_of(earlier)
 
 
 async def _outcome_context(uow: UnitOfWork, event: CanonicalEvent) -> Context:
     latest = await uow.events.latest_fit_note(event.facts.nhs_number)
     employer_id = None
     if event.facts.referral_id:
-        referrals = await uow.events.by_document("oh-referral", event.facts.referral_id)
+        referrals = await uow.events.by_document("oh-referral", event.facts.referral_id,
+                                                    nhs_number=event.facts.nhs_number)
         if referrals:
             employer_id = referrals[-1].facts.get("employer_id")
     return Context(gp_practice_id=latest.source_org_id if latest else None, referral_employer_id=employer_id)
@@ -407,7 +410,7 @@ async def _track_absence(uow: UnitOfWork, deps: Deps, event: CanonicalEvent, now
     if existing is None or existing.version <= (f.version or 1):
         await uow.absence.put_note(_note_row(event, key, existing, now), new=existing is None)
     if f.replaces:
-        await uow.absence.supersede(_note_key(event.source_org_id, f.replaces))
+        await uow.absence.supersede(_note_key(event.source_org_id, f.replaces), f.nhs_number)
     await rechain(uow, f.nhs_number, now)
     for due in await uow.absence.due(now, nhs_number=f.nhs_number):
         await fire_milestone(uow, deps, due, now, latest=event, pre=pre)

@@ -397,10 +397,13 @@ class Events(_Repo):
         q = select(t.events.c.bundle).where(t.events.c.event_id == event_id)
         return (await self.conn.execute(q)).scalar_one()
 
-    async def by_document(self, kind: str, document_id: str, source_org_id: str | None = None) -> list[Any]:
+    async def by_document(self, kind: str, document_id: str, *, nhs_number: str,
+                          source_org_id: str | None = None) -> list[Any]:
+        """A document's events about this person (an id another person's document
+        also has, or a mistaken reference, names nothing of theirs)."""
         c = t.events.c
         q = _matching(select(t.events).where(c.kind == kind, c.document_id == document_id), t.events,
-                      source_org_id=source_org_id)
+                      nhs_number=nhs_number, source_org_id=source_org_id)
         return list((await self.conn.execute(q.order_by(c.received_at))).all())
 
     async def search(self, *, nhs_number: str | None = None, kind: str | None = None,
@@ -644,9 +647,11 @@ class Absence(_Repo):
         else:
             await self.conn.execute(update(t.absence_notes).where(c.note_key == row["note_key"]).values(**row))
 
-    async def supersede(self, note_key: str) -> None:
+    async def supersede(self, note_key: str, nhs_number: str) -> None:
+        """Mark a note replaced, if it is about this person."""
         c = t.absence_notes.c
-        await self.conn.execute(update(t.absence_notes).where(c.note_key == note_key).values(superseded=True))
+        await self.conn.execute(update(t.absence_notes).where(c.note_key == note_key, c.nhs_number == nhs_number)
+                                .values(superseded=True))
 
     async def current_not_fit(self, nhs_number: str) -> list[Any]:
         c = t.absence_notes.c

@@ -15,7 +15,7 @@ from hub.clock import FixedClock
 from hub.pipeline import process_inbound
 from hub.streams import inbound_subject
 from schemas.vocab import CATEGORY_SYSTEM, PURPOSE_SYSTEM
-from tests.conftest import example, fit_note, receive
+from tests.conftest import DELETE, example, fit_note, receive
 from tests.test_fit_note_flow import record_consent, settled
 
 NHS = "9434765919"
@@ -182,3 +182,36 @@ async def test_outcome_from_a_provider_about_another_provider_is_refused(hub):
     msg["outcome"]["provider_id"] = "OHP-OTHER"
     out = await run(hub, "oh-outcome", msg)
     assert out.outcome == "dead-lettered" and [e.pointer for e in out.errors] == ["/outcome/provider_id"]
+
+
+async def test_outcome_goes_to_the_employer_of_this_persons_referral_only(hub, creds):
+    """Another person's referral, from another employer, under the same referral
+    id (ids are the referrers' own): the outcome still goes to the employer that
+    referred this person, and nothing to the other one."""
+    await record_consent(hub, creds, everything_consent())
+    other = referral(**{"referral.id": example("oh-referral")["referral"]["id"],
+                        "referral.patient.nhs_number": "9434765870",
+                        "source.org_id": "EMP-CORNER-CAFE", "referral.referrer.org_id": "EMP-CORNER-CAFE",
+                        "referral.employment.employer_id": "EMP-CORNER-CAFE"})
+    assert (await run(hub, "oh-referral", example("oh-referral"))).outcome == "accepted"
+    assert (await run(hub, "oh-referral", other)).outcome == "accepted"  # the newer of the two
+    out = await run(hub, "oh-outcome", example("oh-outcome"))
+    assert out.outcome == "accepted", out.errors
+    assert set(await candidates(hub, out.event_id)) == {"EMP-ACME"}  # no fit note, so no GP
+
+
+async def test_a_note_replacing_another_persons_note_is_not_their_replacement(hub, creds):
+    """A note that names, as the note it replaces, one of the same GP's notes about
+    someone else: that person's note stays current and their recipients get nothing."""
+    await record_consent(hub, creds, everything_consent())
+    jane = fit_note(**{"fit_note.assessment": "not-fit", "fit_note.may_be_fit_advice": DELETE})
+    assert (await run(hub, "fit-note", jane)).outcome == "accepted"
+    johns = {"fit_note.patient.nhs_number": "9434765870", "fit_note.employment.employer_id": "EMP-CORNER-CAFE"}
+    control = await run(hub, "fit-note", fit_note(**johns))
+    out = await run(hub, "fit-note", fit_note(**johns, **{"fit_note.replaces": jane["fit_note"]["id"]}))
+    assert out.outcome == control.outcome == "accepted", out.errors
+    assert set(await candidates(hub, out.event_id)) == set(await candidates(hub, control.event_id))
+    assert not {"EMP-ACME", "OHP-HEALTHWORKS"} & set(await candidates(hub, out.event_id))  # Jane's recipients
+    async with hub.deps.uow() as uow:
+        (note,) = await uow.absence.current_not_fit(NHS) or [None]
+    assert note is not None and note.superseded is False
