@@ -270,7 +270,8 @@ class OutboxRelay:
                             r.attempts + 1, next_at.isoformat())
             else:
                 why = exc.error if not exc.retryable else f"retry budget spent; last error: {exc.error}"
-                await uow.deliveries.mark_dead_lettered(r.delivery_id, attempts=r.attempts + 1, error=why)
+                if not await uow.deliveries.mark_dead_lettered(r.delivery_id, attempts=r.attempts + 1, error=why):
+                    return  # settled meanwhile by another worker (this one stalled past its lease)
                 metrics.DEAD_LETTERS.labels("delivery", "webhook").inc()
                 await uow.audit.append_many([self.audit.row(
                     "delivery.dead-lettered", actor="hub", at=now, ref=r.delivery_id, event_id=r.event_id,

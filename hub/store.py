@@ -488,11 +488,12 @@ def _due_rows(*, one_recipient: bool, lock: bool) -> Any:
     c = t.deliveries.c
     q = (select(c.seq, c.delivery_id, c.event_id, c.recipient_id, c.channel, c.address,
                 c.payload, c.attempts, c.state, c.nhs_number, c.purpose, c.categories, c.decision_ids,
-                c.created_at, c.person_seq)
-         .where(Deliveries._due(bindparam("now")), c.channel == bindparam("channel"))
-         .order_by(c.seq).limit(bindparam("limit")))
-    if one_recipient:
-        q = q.where(c.recipient_id == bindparam("recipient_id"))
+                c.created_at, c.person_seq, c.next_attempt_at)
+         .where(c.channel == bindparam("channel")).order_by(c.seq).limit(bindparam("limit")))
+    if one_recipient:  # its line, a back-off included (`Deliveries.due` cuts it there)
+        q = q.where(c.recipient_id == bindparam("recipient_id"), Deliveries._due_state())
+    else:
+        q = q.where(Deliveries._due(bindparam("now")))
     return prepared(q.with_for_update(skip_locked=True) if lock else q)
 
 
@@ -514,13 +515,20 @@ class Deliveries(_Repo):
     async def due(self, now: datetime, *, channel: str, recipient_id: str | None = None,
                   limit: int = 200, claim: bool = False) -> list[Any]:
         """Deliveries to attempt now on one channel, oldest first (seq keeps per-recipient order).
+        For one recipient, its line: its waiting deliveries oldest first, up to
+        the first still waiting out a back-off, so none overtakes one that failed.
         With `claim`, the rows are locked for this transaction and rows another
         worker's relay holds are skipped (PostgreSQL; SQLite has one writer anyway)."""
         q = _DUE[bool(recipient_id), claim and self.conn.dialect.name == "postgresql"]
         params = {"now": now, "channel": channel, "limit": limit}
         if recipient_id:
             params["recipient_id"] = recipient_id
-        return list((await self.conn.execute(q, params)).all())
+        rows = list((await self.conn.execute(q, params)).all())
+        if recipient_id:
+            for i, r in enumerate(rows):
+                if r.state == "retrying" and r.next_attempt_at > now:
+                    return rows[:i]
+        return rows
 
     async def still_due(self, delivery_id: str, now: datetime) -> bool:
         c = t.deliveries.c
@@ -528,8 +536,13 @@ class Deliveries(_Repo):
         return (await self.conn.execute(q)).first() is not None
 
     async def due_recipients(self, now: datetime, *, channel: str) -> list[str]:
-        c = t.deliveries.c
-        q = select(c.recipient_id).where(self._due(now), c.channel == channel).distinct()
+        """Recipients on `channel` whose first waiting delivery is due (see `due`:
+        one waiting out a back-off holds back those after it)."""
+        c, w = t.deliveries.c, t.deliveries.alias("waiting").c
+        first = (select(func.min(w.seq))
+                 .where(w.recipient_id == c.recipient_id, w.channel == channel, w.state.in_(("pending", "retrying")))
+                 .scalar_subquery())
+        q = select(c.recipient_id).where(c.channel == channel, c.seq == first, self._due(now))
         return list((await self.conn.execute(q)).scalars())
 
     async def mark_delivered(self, delivery_ids: Iterable[str], at: datetime) -> None:
@@ -548,10 +561,14 @@ class Deliveries(_Repo):
         await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(
             payload=payload, categories=list(categories), decision_ids=list(decision_ids)))
 
-    async def mark_dead_lettered(self, delivery_id: str, *, attempts: int, error: str) -> None:
+    async def mark_dead_lettered(self, delivery_id: str, *, attempts: int, error: str) -> bool:
+        """True if it was still waiting to go (another worker may have delivered it
+        meanwhile: a relay that stalled past its lease must not undo that)."""
         c = t.deliveries.c
-        await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(
-            state="dead-lettered", attempts=attempts, last_error=error, next_attempt_at=None))
+        result = await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id, self._due_state())
+                                         .values(state="dead-lettered", attempts=attempts, last_error=error,
+                                                 next_attempt_at=None))
+        return result.rowcount == 1
 
     async def requeue(self, delivery_id: str, *, payload: bytes, categories: Sequence[str], now: datetime) -> None:
         """Back to pending under its original id (a retry of a dead-lettered delivery, or a replay)."""

@@ -4,6 +4,7 @@ not on other 4xx; a per-recipient retry budget after which the delivery is
 dead-lettered; a slow webhook never delays others; an HMAC signature."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from datetime import timedelta
@@ -100,6 +101,39 @@ async def test_retried_on_5xx_until_accepted_once_with_request_id_and_signature(
     expected = hmac.new(b"s3cret-shared-with-the-cafe", request["body"], hashlib.sha256).hexdigest()
     assert request["headers"]["x-hub-signature-256"] == f"sha256={expected}"
     assert orjson.loads(request["body"])["identifier"]["value"] == event_id
+
+
+async def test_a_delivery_waiting_out_a_back_off_is_not_overtaken(hub, webhook, clock):
+    """A recipient's deliveries go in order: while the first waits to be tried
+    again, a later one waits behind it (and the recipient is not sent a request
+    for each new delivery meanwhile); once the first goes, the later follows."""
+    await consent_for_both(hub)
+    webhook.script.append(Reply(503))
+    first = f"{await cafe_note(hub)}:{CAFE}"
+    await state_is(hub, first, "retrying")
+    second = f"{await cafe_note(hub)}:{CAFE}"
+    for _ in range(5):  # several relay passes (webhook work is looked at every 100 ms)
+        await asyncio.sleep(0.15)
+        hub.relay.kick()
+    assert (await delivery(hub, second)).state == "pending"
+    assert len(webhook.seen) == 1
+    clock.set((await delivery(hub, first)).next_attempt_at)
+    hub.relay.kick()
+    await state_is(hub, second, "delivered")
+    assert [r["headers"]["x-request-id"] for r in webhook.accepted] == [first, second]
+
+
+async def test_a_delivery_made_is_never_marked_dead_lettered_afterwards(hub, webhook):
+    """A relay that stalled past its lease while its POST failed must not undo a
+    delivery another worker made meanwhile."""
+    await consent_for_both(hub)
+    made = f"{await cafe_note(hub)}:{CAFE}"
+    await state_is(hub, made, "delivered")
+    async with hub.deps.uow() as uow:
+        assert await uow.deliveries.mark_dead_lettered(made, attempts=1, error="webhook answered 400") is False
+        await uow.commit()
+    row = await delivery(hub, made)
+    assert (row.state, row.last_error) == ("delivered", None)
 
 
 async def test_429_honours_retry_after(hub, webhook, clock):
