@@ -29,7 +29,7 @@ from hub.directory import Directory, load_directory
 from hub.nats_server import EmbeddedNats, signal_reload
 from hub.milestones import MilestoneTimer
 from hub.outbox import OutboxRelay
-from hub.pipeline import Deps, check_batch, commit_batch, parse_subject, poison, process_inbound
+from hub.pipeline import Deps, check_batch, commit_batch, known_kind, parse_subject, poison, process_inbound
 from hub.settings import MIN_PULL_S, Settings
 from hub.store import UnitOfWorkFactory
 from hub.streams import (
@@ -398,7 +398,7 @@ class Hub:
         self._hand_over(outs)  # the relay runs once the acks below yield
         for m, out in zip(raws, outs):
             await m.ack()  # only after the commit
-            metrics.EVENTS_IN.labels(parse_subject(m.subject)[0], out.outcome).inc()
+            metrics.EVENTS_IN.labels(known_kind(parse_subject(m.subject)[0]), out.outcome).inc()
         metrics.PIPELINE_SECONDS.observe(time.perf_counter() - started)
         log.debug("committed %d inbound messages in %.1f ms", len(raws), 1000 * (time.perf_counter() - started))
 
@@ -436,7 +436,7 @@ class Hub:
         """One inbound message in its own transaction; a failure is retried with
         back-off, and after HUB_INBOUND_MAX_ATTEMPTS the message is dead-lettered."""
         attempt = raw.metadata.num_delivered if raw.metadata else 1
-        kind = parse_subject(raw.subject)[0]
+        kind = known_kind(parse_subject(raw.subject)[0])
         if self._given_back:
             await _give_back([raw])
             return

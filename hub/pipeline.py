@@ -74,6 +74,12 @@ def parse_subject(subject: str) -> tuple[str, str | None, list[FieldError]]:
     return kind, None, [FieldError("", "subject must be hub.inbound.<kind>.<source org_id>")]
 
 
+def known_kind(kind: str) -> str:
+    """A subject's kind as metrics, logs and the audit may name it: one the
+    contract knows, else "unknown" (the token is the publisher's own text)."""
+    return kind if kind in SOURCE_KINDS else "unknown"
+
+
 def _printable(text: str | None) -> str | None:
     """Text as a database column can hold it: control characters (NUL above all,
     which PostgreSQL text refuses) replaced by U+FFFD. The payload is kept as bytes."""
@@ -202,10 +208,11 @@ async def record_rejection(deps: Deps, kind: str, subject: str, data: bytes, rej
 async def _dead_letter(uow: UnitOfWork, deps: Deps, kind: str, subject: str, data: bytes,
                        rejected: Rejected, via: str) -> InboundResult:
     now = deps.clock.now()
+    kind = known_kind(kind)
     dl_id = dead_letter_id(subject, data)
     created = await uow.dead_letters.add_if_absent({
         "dead_letter_id": dl_id,
-        "kind": kind if kind in SOURCE_KINDS else "unknown",
+        "kind": kind,
         "subject": _printable(subject)[:300],
         "via": via,
         "source_org_id": _printable(rejected.source_org_id),
@@ -216,7 +223,7 @@ async def _dead_letter(uow: UnitOfWork, deps: Deps, kind: str, subject: str, dat
         "received_at": now,
     })
     if created:
-        metrics.DEAD_LETTERS.labels("input", kind if kind in SOURCE_KINDS else "unknown").inc()
+        metrics.DEAD_LETTERS.labels("input", kind).inc()
         await uow.audit.append_many([deps.audit.row(
             "inbound.dead-lettered", actor=rejected.source_org_id or "unknown", at=now, ref=dl_id,
             detail={"kind": kind, "pointers": [e.pointer for e in rejected.errors][:20]},

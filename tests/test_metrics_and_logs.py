@@ -103,3 +103,24 @@ async def test_logs_of_a_run_never_hold_personal_data(hub, creds, caplog):
     assert "dead-lettered" in text
     for personal in ("9434765919", "9434765918", "943 476 5919", "Smith", "1984-03-02", "LS1 4AP", "Lumbar"):
         assert personal not in text
+
+
+async def test_a_subjects_unknown_kind_is_named_unknown_in_metrics_logs_and_audit(hub, creds, caplog):
+    """The kind token is the publisher's own text: one the contract does not know
+    (here, personal data) reaches no metric label, log line or audit row."""
+    caplog.set_level(logging.DEBUG, logger="hub")
+    admin, gp = await creds.issue("admin"), await creds.issue("publisher", "B86001")
+    token = "jane-smith-9434765919"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.api), base_url="http://hub") as http:
+        before = await scrape(http, admin)
+        await publish(hub, gp, fit_note(), kind=token)
+        await dead_lettered(hub)
+        after = await scrape(http, admin)
+    assert after.get(("hub_events_in_total", (("kind", "unknown"), ("outcome", "dead-lettered")))) == \
+        before.get(("hub_events_in_total", (("kind", "unknown"), ("outcome", "dead-lettered"))), 0) + 1
+    assert not any(token in str(labels) for _name, labels in after)
+    async with hub.deps.uow() as uow:
+        (letter,) = await uow.dead_letters.search()
+        audit = await uow.audit.search(action="inbound.dead-lettered")
+    assert letter.kind == "unknown" and [r.detail["kind"] for r in audit] == ["unknown"]
+    assert token not in "\n".join(JsonFormatter().format(r) for r in caplog.records)
