@@ -53,13 +53,15 @@ class _Builder:
             return None
         return org
 
-    def add(self, org: Organisation | None, role: str) -> None:
+    def add(self, org: Organisation | None, role: str) -> bool:
+        """True if `org` is now a candidate; one with no delivery channel is unroutable."""
         if org is None:
-            return
+            return False
         if org.delivery is None:
             self.unroutable.append(Unroutable(role, org.id, f"{org.name} has no delivery channel"))
-            return
+            return False
         self.candidates.setdefault(org.id, Candidate(org, role))
+        return True
 
     def route(self) -> "Route":
         return Route(tuple(self.candidates.values()), tuple(self.unroutable))
@@ -112,21 +114,23 @@ def route_fit_note(event: CanonicalEvent, directory: Directory, ctx: Context) ->
 def _route_referral(f, directory: Directory, b: "_Builder") -> Route:
     """An OH referral: the preferred provider if one is named and known, else the
     employer's OH provider; with neither, the WorkWell service for the person's
-    area; with none of these, a signposting record."""
+    area; with none of these, a signposting record. One that is known but cannot
+    be reached (no delivery channel) is recorded as unroutable and the next is
+    tried, so a referral never ends with nowhere to go and no signposting."""
     preferred = b.named(f.preferred_provider_id, "preferred-provider", RecipientType.OH_PROVIDER)
-    if preferred is not None:
-        b.add(preferred, "preferred-provider")
+    if b.add(preferred, "preferred-provider"):
         return b.route()
     employer = b.named(f.employer_id, "employer", RecipientType.EMPLOYER) \
         if f.employment_status in ("employed", "job-to-start") else None
-    if employer is not None and employer.oh_provider:
-        b.add(directory.get(employer.oh_provider), "employer-oh-provider")
+    oh = b.named(employer.oh_provider, "employer-oh-provider", RecipientType.OH_PROVIDER) \
+        if employer is not None else None
+    if b.add(oh, "employer-oh-provider"):
         return b.route()
-    workwell = directory.workwell_for_area(f.postcode_area)
-    if workwell is not None:
-        b.add(workwell, "workwell-for-area")
+    if b.add(directory.workwell_for_area(f.postcode_area), "workwell-for-area"):
         return b.route()
-    if employer is not None:
+    if oh is not None:
+        why = f"{employer.name}'s OH provider {oh.name} cannot be reached"
+    elif employer is not None:
         why = f"{employer.name} has no OH provider"
     elif f.employment_status in ("self-employed", "unemployed"):
         why = f"the person is {f.employment_status}, so has no OH through work"

@@ -215,3 +215,40 @@ async def test_a_note_replacing_another_persons_note_is_not_their_replacement(hu
     async with hub.deps.uow() as uow:
         (note,) = await uow.absence.current_not_fit(NHS) or [None]
     assert note is not None and note.superseded is False
+
+
+def _route_with(edit_directory, **changes):
+    """The example referral (with `changes`) routed against the demo directory as
+    `edit_directory` changed it: the routing rules alone, no hub."""
+    import yaml
+
+    from adapters import adapt
+    from hub.directory import DEMO_DIRECTORY, parse_directory
+    from hub.routing import route
+
+    data = yaml.safe_load(DEMO_DIRECTORY.read_text())
+    edit_directory({o["id"]: o for o in data["organisations"]}, data["organisations"])
+    directory = parse_directory(data)
+    msg = referral(**changes)
+    event = adapt("oh-referral", orjson.dumps(msg), subject_org_id=msg["source"]["org_id"], directory=directory,
+                  now=datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc))
+    return route(event, directory)
+
+
+def test_a_preferred_provider_that_cannot_be_reached_falls_back_to_the_employers():
+    def offline_provider(orgs, listed):
+        listed.append({"id": "OHP-OFFLINE", "type": "oh-provider", "name": "Offline OH"})  # no delivery channel
+    r = _route_with(offline_provider, **{"referral.preferred_provider_id": "OHP-OFFLINE"})
+    assert [c.org.id for c in r.candidates] == ["OHP-HEALTHWORKS"] and r.signpost is None
+    assert [(u.role, u.org_id, u.reason) for u in r.unroutable] == [
+        ("preferred-provider", "OHP-OFFLINE", "Offline OH has no delivery channel")]
+
+
+def test_a_referral_no_one_can_be_reached_for_is_signposted():
+    def nobody_reachable(orgs, listed):
+        del orgs["OHP-HEALTHWORKS"]["delivery"]
+        orgs["WW-WEST-YORKSHIRE"]["areas"] = ["BD"]  # the person's area (LS) has no WorkWell service
+    r = _route_with(nobody_reachable)
+    assert r.candidates == ()
+    assert r.signpost == ("Acme Logistics Ltd's OH provider HealthWorks Occupational Health cannot be reached, "
+                          "and no WorkWell service covers postcode area LS")
