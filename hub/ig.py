@@ -95,13 +95,18 @@ def _override(r: Any) -> Override:
 # --- disclosures --------------------------------------------------------------------------------
 
 DISCLOSURE_COLUMNS = ("delivered_at", "recipient_id", "recipient_name", "recipient_type", "purpose", "event_type",
-                      "categories", "consents", "break_glass", "decision_ids", "delivery_id", "event_id")
+                      "categories", "consents", "break_glass", "decision_ids", "delivery_id", "event_id", "outcome")
 
 
 async def disclosures(uow: UnitOfWork, directory: Directory, nhs_number: str) -> list[dict]:
     """Every delivery made about a person: to whom, when, what kind of event,
-    which categories, and the decisions (and so consents) that allowed it."""
+    which categories, and the decisions (and so consents) that allowed it. Also
+    every one that may have been made: withheld after an attempt whose outcome is
+    unknown (`outcome` "maybe-delivered", no `delivered_at`)."""
     rows = await uow.deliveries.search(nhs_number=nhs_number, state="delivered", limit=100_000)
+    rows += [r for r in await uow.deliveries.search(nhs_number=nhs_number, state="withheld", limit=100_000)
+             if r.attempts]
+    rows.sort(key=lambda r: r.seq)
     events = {e.event_id: e.event_type for e in await uow.events.search(nhs_number=nhs_number, limit=100_000)}
     decisions = {d.decision_id: d for d in await uow.decisions.search(nhs_number=nhs_number, limit=100_000)}
     out = []
@@ -121,6 +126,7 @@ async def disclosures(uow: UnitOfWork, directory: Directory, nhs_number: str) ->
             "decision_ids": list(r.decision_ids),
             "delivery_id": r.delivery_id,
             "event_id": r.event_id,
+            "outcome": "delivered" if r.state == "delivered" else "maybe-delivered",
         })
     return out
 

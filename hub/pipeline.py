@@ -656,8 +656,9 @@ async def _decide_again(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datet
         head = heads[r.event_id]
         org = deps.directory.get(r.recipient_id)
         if org is None:
-            verdicts.append(Verdict(r.delivery_id, False, reason="Withheld at delivery: recipient left the directory"))
-            await uow.deliveries.mark_withheld(r.delivery_id, reason=verdicts[-1].reason, decision_ids=[])
+            reason = "Withheld at delivery: recipient left the directory" + _maybe_reached(r)
+            verdicts.append(Verdict(r.delivery_id, False, reason=reason))
+            await uow.deliveries.mark_withheld(r.delivery_id, reason=reason, decision_ids=[], tried=r.attempts > 0)
             continue
         event = CanonicalEvent(
             event_id=head.event_id, event_type=EventType(head.event_type), kind=head.kind,
@@ -682,14 +683,26 @@ async def _decide_again(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datet
             continue
         reason = "Withheld at delivery: " + "; ".join(
             d["reason"] for d in changed if d["outcome"] == "deny" and d["category"] in ("identity", _core(event)))
+        reason += _maybe_reached(r)
         ids = [d["decision_id"] for d in changed if d["outcome"] == "deny"]
-        await uow.deliveries.mark_withheld(r.delivery_id, reason=reason, decision_ids=ids)
+        await uow.deliveries.mark_withheld(r.delivery_id, reason=reason, decision_ids=ids, tried=r.attempts > 0)
+        detail = {"recipient": r.recipient_id, "decisions": ids, "at_delivery": True}
+        if r.attempts:
+            detail["earlier_attempts"] = r.attempts  # outcome unknown: it may have reached the recipient
         await uow.audit.append_many([deps.audit.row(
             "delivery.withheld", actor="hub", at=now, ref=r.delivery_id, event_id=r.event_id,
-            person=deps.audit.person(r.nhs_number), detail={"recipient": r.recipient_id, "decisions": ids,
-                                                           "at_delivery": True})])
+            person=deps.audit.person(r.nhs_number), detail=detail)])
         verdicts.append(Verdict(r.delivery_id, False, reason=reason))
     return verdicts
+
+
+def _maybe_reached(r: Any) -> str:
+    """What a withheld delivery's reason adds when an attempt at it was made before:
+    its outcome is unknown, so the copy may have reached the recipient."""
+    if not r.attempts:
+        return ""
+    return (f". Before that, {r.attempts} attempt(s) failed with an unknown outcome (last: {r.last_error}), "
+            "so a copy may have reached the recipient")
 
 
 _RECHECK_NS = uuid.UUID("8c3f0a7e-52d4-4f2b-b6a9-1e0d3c4b5a61")

@@ -488,7 +488,7 @@ def _due_rows(*, one_recipient: bool, lock: bool) -> Any:
     c = t.deliveries.c
     q = (select(c.seq, c.delivery_id, c.event_id, c.recipient_id, c.channel, c.address,
                 c.payload, c.attempts, c.state, c.nhs_number, c.purpose, c.categories, c.decision_ids,
-                c.created_at, c.person_seq, c.next_attempt_at)
+                c.created_at, c.person_seq, c.next_attempt_at, c.last_error)
          .where(c.channel == bindparam("channel")).order_by(c.seq).limit(bindparam("limit")))
     if one_recipient:  # its line, a back-off included (`Deliveries.due` cuts it there)
         q = q.where(c.recipient_id == bindparam("recipient_id"), Deliveries._due_state())
@@ -550,10 +550,18 @@ class Deliveries(_Repo):
         if ids:
             await self.conn.execute(_MARK_DELIVERED, {"ids": ids, "at": at})
 
-    async def mark_withheld(self, delivery_id: str, *, reason: str, decision_ids: Sequence[str]) -> None:
+    async def mark_withheld(self, delivery_id: str, *, reason: str, decision_ids: Sequence[str],
+                            tried: bool = False) -> None:
+        """`decision_ids`: the decisions that withheld it. `tried`: an earlier attempt
+        failed with its outcome unknown (a publish whose ack never came, a POST that
+        timed out or was answered with an error), so the copy may have reached the
+        recipient: the categories it carried and the decisions that allowed it are
+        kept, and the person's disclosures list it as maybe delivered."""
         c = t.deliveries.c
-        await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(
-            state="withheld", reason=reason, payload=None, decision_ids=list(decision_ids), categories=[]))
+        values: dict[str, Any] = {"state": "withheld", "reason": reason, "payload": None}
+        if not tried:
+            values.update(decision_ids=list(decision_ids), categories=[])
+        await self.conn.execute(update(t.deliveries).where(c.delivery_id == delivery_id).values(**values))
 
     async def narrow(self, delivery_id: str, *, payload: bytes, categories: Sequence[str],
                      decision_ids: Sequence[str]) -> None:

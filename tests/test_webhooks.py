@@ -26,6 +26,7 @@ from tests.test_http_api import bearer
 from tests.webhook_server import Reply, WebhookServer
 
 CAFE = "EMP-CORNER-CAFE"
+NHS = "9434765919"  # the example note's person
 
 
 @pytest.fixture
@@ -134,6 +135,37 @@ async def test_a_delivery_made_is_never_marked_dead_lettered_afterwards(hub, web
         await uow.commit()
     row = await delivery(hub, made)
     assert (row.state, row.last_error) == ("delivered", None)
+
+
+async def test_a_delivery_withheld_after_a_failed_attempt_is_disclosed_as_maybe_delivered(hub, webhook, clock):
+    """An attempt answered 503 may still have reached the recipient. The person
+    then withdraws: the retry is withheld, and the record says what may have
+    happened instead of "not disclosed": its reason, the audit, and the person's
+    disclosures (with the categories the copy carried)."""
+    from hub.consents import withdraw
+    from hub.ig import disclosures
+
+    await consent_for_both(hub)
+    webhook.script.append(Reply(503))
+    tried = f"{await cafe_note(hub)}:{CAFE}"
+    await state_is(hub, tried, "retrying")
+    async with hub.deps.uow() as uow:
+        for consent in (await uow.consents.for_persons([NHS]))[NHS]:
+            await withdraw(uow, hub.audit, consent.consent_id, now=clock.now(), actor="test")
+        await uow.commit()
+    clock.set((await delivery(hub, tried)).next_attempt_at)
+    hub.relay.kick()
+    await state_is(hub, tried, "withheld")
+    row = await delivery(hub, tried)
+    assert row.reason.endswith("1 attempt(s) failed with an unknown outcome (last: webhook answered 503), "
+                               "so a copy may have reached the recipient")
+    assert len(webhook.seen) == 1  # nothing sent after the withdrawal
+    async with hub.deps.uow() as uow:
+        (listed,) = await disclosures(uow, hub.directory, NHS)
+        (audit,) = await uow.audit.search(action="delivery.withheld", ref=tried)
+    assert (listed["delivery_id"], listed["outcome"], listed["delivered_at"]) == (tried, "maybe-delivered", None)
+    assert listed["categories"] == ["fitness-advice", "identity"] and listed["consents"]
+    assert audit.detail["earlier_attempts"] == 1
 
 
 async def test_429_honours_retry_after(hub, webhook, clock):
