@@ -38,12 +38,12 @@ from hub.directory import Organisation
 from schemas.fhir import (
     PATIENT_ELEMENT_CATEGORIES,
     instant,
+    org_identifier,
     resource_categories,
     security_labels,
 )
 from schemas.vocab import (
     CORE_CATEGORY,
-    ORG_ID_SYSTEM,
     RECIPIENT_MAXIMUM,
     Category,
     EventType,
@@ -170,7 +170,7 @@ def project(
             "name": recipient.name,
             "endpoint": delivery_endpoint,
             "receiver": {
-                "identifier": {"system": ORG_ID_SYSTEM, "value": recipient.id},
+                "identifier": org_identifier(recipient.id, nhs=recipient.type == RecipientType.GP),
                 "display": recipient.name,
             },
         }

@@ -319,9 +319,10 @@ def concept(system: str, code: str, display: str) -> dict[str, Any]:
 
 
 
-def org_identifier(org_id: str) -> dict[str, str]:
-    """An organisation's identifier: its directory id or ODS code as the hub knows it."""
-    return {"system": ORG_ID_SYSTEM, "value": org_id}
+def org_identifier(org_id: str, *, nhs: bool = False) -> dict[str, str]:
+    """An organisation's identifier: an NHS organisation's ODS code in the ODS
+    system (contract §3, as UK Core does); any other by its directory id."""
+    return {"system": ODS_SYSTEM if nhs else ORG_ID_SYSTEM, "value": org_id}
 
 
 def logical_ref(
@@ -345,9 +346,11 @@ def message_header(
     sender_org_id: str,
     source_name: str,
     focus: Sequence[str],
+    sender_nhs: bool = False,
 ) -> dict[str, Any]:
     """The MessageHeader (role ``message-header``), labelled with the event's core
-    category. `destination` is filled in per recipient by hub.projection."""
+    category. `destination` is filled in per recipient by hub.projection.
+    `sender_nhs`: the sender is an NHS organisation, named by its ODS code."""
     event_type = EventType(event_type)
     header = entries.skeleton("MessageHeader", "message-header", CORE_CATEGORY[event_type])
     header["eventCoding"] = {
@@ -355,7 +358,7 @@ def message_header(
         "code": event_type.value,
         "display": _EVENT_DISPLAY[event_type],
     }
-    header["sender"] = {"identifier": org_identifier(sender_org_id)}
+    header["sender"] = {"identifier": org_identifier(sender_org_id, nhs=sender_nhs)}
     header["source"] = {"name": source_name, "endpoint": f"{ORG_ID_SYSTEM}/{sender_org_id}"}
     header["focus"] = [entries.ref(role) for role in focus]
     return header
@@ -467,8 +470,11 @@ def fit_note_bundle(
     ref = entries.ref
     fitness = Category.FITNESS_ADVICE.value
 
+    # The publisher is the issuing practice when its id is the practice's ODS code (§1:
+    # a source's org_id is its directory id or ODS code): an NHS organisation, by ODS code.
+    by_ods = msg.source.org_id == note.issuer.organisation.ods_code
     header = message_header(entries, event_type=event_type, sender_org_id=msg.source.org_id,
-                            source_name=msg.source.system, focus=("fit-note",))
+                            source_name=msg.source.system, focus=("fit-note",), sender_nhs=by_ods)
     patient = patient_resource(note.patient, resource_id=entries.ids["patient"])
 
     # --- The issuer: Practitioner, PractitionerRole (profession at the practice), Organization.
@@ -529,7 +535,7 @@ def fit_note_bundle(
         "extension": extensions,
         "identifier": [
             {"system": FIT_NOTE_ID_SYSTEM, "value": note.id,
-             "assigner": {"identifier": org_identifier(msg.source.org_id)}}
+             "assigner": {"identifier": org_identifier(msg.source.org_id, nhs=by_ods)}}
         ],
         "status": "amended" if note.version > 1 else "final",
         "code": concept(FIT_NOTE_CODE_SYSTEM, "fit-note", "Statement of fitness for work"),

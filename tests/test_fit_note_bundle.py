@@ -286,3 +286,21 @@ def test_builder_does_not_share_state_between_bundles() -> None:
     b = build("may-be-fit-with-employer")
     b.bundle["entry"][1]["resource"]["meta"]["security"].clear()
     assert a.bundle == snapshot
+
+
+def test_the_issuing_practice_is_named_by_its_ods_code():
+    """§3: NHS organisations by ODS code. The example's publisher is the issuing
+    practice (its org_id is the practice's ODS code), so the sender and the
+    note's assigner are in the ODS system; a publisher known by a directory id
+    of its own stays in the hub's organisation system."""
+    from schemas.vocab import ODS_SYSTEM, ORG_ID_SYSTEM
+
+    r = resources(build("may-be-fit-with-employer").bundle)
+    ods = {"system": ODS_SYSTEM, "value": "B86001"}
+    assert r["MessageHeader"]["sender"] == {"identifier": ods}
+    assert r["Observation"]["identifier"][0]["assigner"] == {"identifier": ods}
+    msg = example()
+    msg["fit_note"]["issuer"]["organisation"]["ods_code"] = "Y01234"  # published on the practice's behalf
+    event = adapt("fit-note", json.dumps(msg).encode(), subject_org_id="B86001", directory=DIRECTORY, now=NOW)
+    assert resources(event.bundle)["MessageHeader"]["sender"] == {
+        "identifier": {"system": ORG_ID_SYSTEM, "value": "B86001"}}

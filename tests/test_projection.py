@@ -201,6 +201,15 @@ def test_refused_for_non_recipient_types(bundle: dict[str, Any]) -> None:
 # ------------------------------------------------------------------ addressing
 
 
+def test_a_gp_practice_is_addressed_by_its_ods_code(bundle: dict[str, Any]) -> None:
+    from schemas.vocab import ODS_SYSTEM
+
+    out, _ = project(bundle, recipient=GP, permitted=frozenset({"identity", "fitness-advice"}),
+                     delivery_endpoint="hub.deliver.B86001", now=LATER)
+    receiver = out["entry"][0]["resource"]["destination"][0]["receiver"]
+    assert receiver["identifier"] == {"system": ODS_SYSTEM, "value": "B86001"}
+
+
 def test_destination_and_timestamp(bundle: dict[str, Any]) -> None:
     out, _ = project(bundle, recipient=EMPLOYER, permitted=frozenset({"identity", "fitness-advice"}),
                      delivery_endpoint="https://acme.example/hook", now=LATER)
