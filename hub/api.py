@@ -63,6 +63,25 @@ async def principal(request: Request) -> Principal:
     return who
 
 
+async def any_credential(request: Request) -> Principal:
+    """The API's own descriptions (contract §9: every path but /health needs a
+    credential): any live credential, as a bearer token or as the IG console's
+    session cookie, so that a browser signed in to the console can read /docs."""
+    from hub.console import SESSION_COOKIE
+
+    if request.headers.get("authorization"):
+        return await principal(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    who = None
+    if token:
+        async with _hub(request).deps.uow() as uow:
+            who = await credentials.authenticate(uow, token)
+    if who is None:
+        raise HTTPException(401, "a bearer token (or a console session) is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return who
+
+
 def require(*roles: str):
     async def _check(who: Principal = Depends(principal)) -> Principal:
         if who.role not in roles:
@@ -494,8 +513,26 @@ def create_app(hub: "Hub") -> FastAPI:
     from hub import __version__
     from hub.docs import DESCRIPTION, TITLE, asyncapi
 
-    app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION + " (contract §9)")
+    app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION + " (contract §9)",
+                  docs_url=None, redoc_url=None, openapi_url=None)  # served below, behind a credential
     app.state.hub = hub
+    credentialed = [Depends(any_credential)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=credentialed)
+    async def openapi_json() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=credentialed)
+    async def swagger_page() -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{TITLE} - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=credentialed)
+    async def redoc_page() -> Response:
+        from fastapi.openapi.docs import get_redoc_html
+
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{TITLE} - ReDoc")
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def prometheus(who: Principal = Depends(require("admin", "ig-auditor"))) -> Response:
@@ -507,11 +544,11 @@ def create_app(hub: "Hub") -> FastAPI:
         await metrics.refresh(hub)
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/asyncapi.json", tags=["operations"], include_in_schema=False)
+    @app.get("/asyncapi.json", tags=["operations"], include_in_schema=False, dependencies=credentialed)
     async def asyncapi_json() -> Response:
         return Response(asyncapi(hub.broker).to_json(), media_type="application/json")
 
-    @app.get("/asyncapi", tags=["operations"], include_in_schema=False)
+    @app.get("/asyncapi", tags=["operations"], include_in_schema=False, dependencies=credentialed)
     async def asyncapi_page() -> Response:
         from faststream.specification.asyncapi.site import get_asyncapi_html
 
