@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -192,18 +191,22 @@ class Checkpointer:
     PASSIVE round copies what was there when it started while the hub appends
     more. Over a 12 000-event backlog the log grew to 185 MB, and every frame
     written to new file space cost the kernel block allocation and zeroing
-    (perf: 5-7% of the hub's CPU). So once the log passes `restart_at` bytes a
-    round also runs a RESTART checkpoint: it waits (up to RESTART_WAIT_S) for the
-    writer to finish its transaction, holds the write lock while it copies the
-    few frames the PASSIVE round left, and the next writer starts the log from
-    its beginning, over file space already allocated."""
+    (perf: 5-7% of the hub's CPU). So once the log holds more than
+    `restart_frames` frames (as the PASSIVE round counts them: what the log holds
+    since it last restarted, not the file's size, which stays as large as the
+    last burst made it, up to `journal_size_limit`) a round also runs a RESTART
+    checkpoint: it waits (up to RESTART_WAIT_S) for the writer to finish its
+    transaction, holds the write lock while it copies the few frames the PASSIVE
+    round left, and the next writer starts the log from its beginning, over file
+    space already allocated. At a trickle the log restarts by itself and no
+    round needs it."""
 
     RESTART_WAIT_S = 0.2
 
-    def __init__(self, path: str, interval: float = 0.25, restart_at: int = 32 * 2**20) -> None:
+    def __init__(self, path: str, interval: float = 0.25, restart_frames: int = 8192) -> None:
         self.path = path
         self.interval = interval
-        self.restart_at = restart_at
+        self.restart_frames = restart_frames  # 32 MB of 4 KB pages
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -224,28 +227,25 @@ class Checkpointer:
 
     def round(self, conn: sqlite3.Connection) -> None:
         """One round on the checkpointer's own connection (busy timeout 0)."""
-        self._checkpoint(conn, "PASSIVE")
-        if self._log_bytes() > self.restart_at:
+        frames = self._checkpoint(conn, "PASSIVE")
+        if frames > self.restart_frames:
             conn.execute(f"PRAGMA busy_timeout={int(1000 * self.RESTART_WAIT_S)}")
             try:
                 self._checkpoint(conn, "RESTART")
             finally:
                 conn.execute("PRAGMA busy_timeout=0")
 
-    def _log_bytes(self) -> int:
-        try:
-            return os.path.getsize(self.path + "-wal")
-        except OSError:  # no log yet
-            return 0
-
     @staticmethod
-    def _checkpoint(conn: sqlite3.Connection, mode: str) -> None:
+    def _checkpoint(conn: sqlite3.Connection, mode: str) -> int:
+        """Run one checkpoint; the frames in the log as it found them (0 if it could not run)."""
         try:
-            conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            _busy, frames, _copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return frames
         except sqlite3.OperationalError as exc:  # busy: the next round does it
             log.debug("checkpoint %s skipped: %s", mode, exc)
         except Exception:  # noqa: BLE001 - the thread must outlive one bad round, or the log grows unchecked
             log.exception("checkpoint %s failed; trying again next round", mode)
+        return 0
 
     def stop(self) -> None:
         self._stop.set()

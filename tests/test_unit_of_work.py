@@ -198,7 +198,7 @@ def test_the_checkpointer_restarts_a_log_that_a_steady_writer_keeps_growing(tmp_
     """A writer restarts the write-ahead log (writes it again from its start) only
     if, when it begins, a checkpoint has copied every frame; under a steady
     stream of commits a PASSIVE round never leaves it so, and the log grows
-    without end. Past `restart_at` a round also runs a RESTART checkpoint, which
+    without end. Past `restart_frames` a round also runs a RESTART checkpoint, which
     waits for the writer's transaction to end: the next transaction then reuses
     the log's space. (False: the same without it, the premise.)"""
     from hub.sqlite_inline import Checkpointer
@@ -215,7 +215,14 @@ def test_the_checkpointer_restarts_a_log_that_a_steady_writer_keeps_growing(tmp_
     writer.execute("BEGIN IMMEDIATE")
     write(2048)
     writer.execute("COMMIT")
-    checkpointer = Checkpointer(path, restart_at=1 * 2**20 if restarts else 2**62)
+    modes: list[str] = []
+
+    class Counted(Checkpointer):
+        def _checkpoint(self, conn, mode):
+            modes.append(mode)
+            return Checkpointer._checkpoint(conn, mode)
+
+    checkpointer = Counted(path, restart_frames=256 if restarts else 2**62)  # 256: 1 MB of 4 KB pages
     own = sqlite3.connect(path, timeout=0, check_same_thread=False, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")  # a writer mid-transaction while the round runs
     write(100)
@@ -230,5 +237,10 @@ def test_the_checkpointer_restarts_a_log_that_a_steady_writer_keeps_growing(tmp_
     writer.execute("COMMIT")
     grown = os.path.getsize(path + "-wal") - size
     assert (grown == 0) if restarts else (grown > 100 * 1024), grown
+    assert modes == (["PASSIVE", "RESTART"] if restarts else ["PASSIVE"])
+    # the log restarted holds a few frames, though its file is as large as before: no RESTART
+    modes.clear()
+    checkpointer.round(own)
+    assert modes == ["PASSIVE"]
     own.close()
     writer.close()
