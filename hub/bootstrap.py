@@ -199,7 +199,7 @@ IDLE_PULL_S = 1.0
 STOP_GRACE_S = 10.0
 TRANSIENT_FIRST_RETRY_S = 0.1  # a batch the database failed is tried again after this, doubling up to
 TRANSIENT_MAX_RETRY_S = 2.0  # this
-IN_PROGRESS_EVERY_S = 5.0  # while it waits, JetStream is told so this often (the inbound ack wait is 20 s)
+IN_PROGRESS_EVERY_S = 5.0  # a batch not acked this long is reported in progress (the inbound ack wait is 20 s)
 
 
 async def _its_messages(batch: NatsBatchMessage) -> list[Msg]:
@@ -319,6 +319,7 @@ class Hub:
         self._checked: asyncio.Queue = asyncio.Queue(maxsize=1)  # checked batches waiting to commit
         self._committing = False
         self._given_back = False  # stopping: a batch was handed back to JetStream, so all after it are too
+        self._unacked: dict[int, tuple[float, list[Any]]] = {}  # fetched batches not yet acked, with when
         self.checked_ahead = 0  # batches checked while the one before was committing
         self._closing = False
         self._http: httpx.AsyncClient | None = None
@@ -344,6 +345,7 @@ class Hub:
             return
         self.largest_batch = max(self.largest_batch, len(raws))
         started = time.perf_counter()
+        self._unacked[id(raws)] = (time.monotonic(), raws)  # until _commit_in_order is done with them
         try:
             checked = check_batch(self.deps, [(m.subject, m.data) for m in raws])
         except Exception as exc:  # noqa: BLE001 - an adapter's bug: each message alone, in its turn
@@ -368,7 +370,27 @@ class Hub:
                 log.exception("inbound batch of %d could not be handled; it will be redelivered", len(raws))
             finally:
                 self._committing = False
+                self._unacked.pop(id(raws), None)
                 self._checked.task_done()
+
+    async def _keep_in_progress(self) -> None:
+        """Tell JetStream, every IN_PROGRESS_EVERY_S, that the batches fetched and not
+        yet acked that long ago are still being worked on: one waiting for the
+        database (tried again in place), the one checked behind it, the one the
+        consumer holds behind that. Otherwise, after the inbound ack wait (20 s),
+        JetStream would hand them to another worker, which could commit them
+        before the batch ahead of them, out of order."""
+        while True:
+            await asyncio.sleep(IN_PROGRESS_EVERY_S)
+            now = time.monotonic()
+            for fetched, raws in list(self._unacked.values()):
+                if now - fetched < IN_PROGRESS_EVERY_S:
+                    continue
+                for m in raws:
+                    try:
+                        await m.in_progress()
+                    except Exception:  # noqa: BLE001 - acked meanwhile, or the connection is down
+                        break
 
     async def _commit(self, raws: list[Any], checked: list[Any] | None, started: float) -> None:
         """A checked batch in one transaction (group commit), acked only after it
@@ -404,26 +426,23 @@ class Hub:
 
     async def _until_the_database_answers(self, raws: list[Any], attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()`, tried again with back-off for as long as the database fails
-        it and the hub is not stopping; JetStream is told the messages are still in
-        progress, so it does not redeliver them meanwhile. No message is to blame,
-        so none of this counts towards poison, and the messages behind wait: a
-        person's later event never overtakes an earlier one held up by an outage.
+        it and the hub is not stopping (`_keep_in_progress` keeps JetStream from
+        redelivering the messages meanwhile). No message is to blame, so none of
+        this counts towards poison, and the messages behind wait: a person's later
+        event never overtakes an earlier one held up by an outage.
         Raises the database's error once the hub is stopping, or any other error."""
-        delay, told = TRANSIENT_FIRST_RETRY_S, time.monotonic()
+        delay, tries = TRANSIENT_FIRST_RETRY_S, 0
         while True:
             try:
                 return await attempt()
             except Exception as exc:
                 if not _transient(exc) or self._closing:
                     raise
-                log.warning("database unavailable (%s); %d inbound messages tried again in %.1f s",
-                            type(exc).__name__, len(raws), delay)
+                tries += 1
+                log.warning("database unavailable (%s, %d tries); %d inbound messages tried again in %.1f s",
+                            type(exc).__name__, tries, len(raws), delay)
             await asyncio.sleep(delay)
             delay = min(2 * delay, TRANSIENT_MAX_RETRY_S)
-            if time.monotonic() - told >= IN_PROGRESS_EVERY_S:
-                for m in raws:
-                    await m.in_progress()
-                told = time.monotonic()
 
     def _hand_over(self, outs: list[Any]) -> None:
         """Committed outcomes to the relay: the copies cut for their deliveries, and a
@@ -495,7 +514,9 @@ class Hub:
                                                           self.settings.inbound_batch)
             self._closing = self._given_back = False
             self._checked = asyncio.Queue(maxsize=1)  # (a stop that ran out of grace left its batches behind)
+            self._unacked.clear()
             self._tasks.append(asyncio.create_task(self._commit_in_order(), name="inbound-commit"))
+            self._tasks.append(asyncio.create_task(self._keep_in_progress(), name="inbound-in-progress"))
             await self.broker.start()
             self._tasks.append(asyncio.create_task(self.milestones.run(), name="milestone-timer"))
         self.started = True

@@ -24,7 +24,7 @@ async def resubmit_dead_letter(uow: UnitOfWork, deps: Deps, js, dead_letter_id: 
     Raises LookupError if unknown, RedeliveryRefused if it cannot go. Commits
     `uow` itself (the letter is marked before it is published): the caller does
     not commit it again."""
-    from hub.pipeline import parse_subject
+    from hub.pipeline import known_kind, parse_subject
     from hub.streams import INBOUND_STREAM
 
     row = await uow.dead_letters.get(dead_letter_id)
@@ -43,7 +43,7 @@ async def resubmit_dead_letter(uow: UnitOfWork, deps: Deps, js, dead_letter_id: 
     now = deps.clock.now()
     await uow.dead_letters.mark_resubmitted(dead_letter_id, now)
     await uow.audit.append_many([deps.audit.row("dead-letter.resubmitted", actor=actor, at=now, ref=dead_letter_id,
-                                                detail={"kind": kind, "corrected": fixed is not None})])
+                                                detail={"kind": known_kind(kind), "corrected": fixed is not None})])
     await uow.commit()
     try:
         await js.publish(row.subject, fixed if fixed is not None else row.payload, stream=INBOUND_STREAM,

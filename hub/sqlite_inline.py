@@ -226,9 +226,12 @@ class Checkpointer:
             conn.close()
 
     def round(self, conn: sqlite3.Connection) -> None:
-        """One round on the checkpointer's own connection (busy timeout 0)."""
-        frames = self._checkpoint(conn, "PASSIVE")
-        if frames > self.restart_frames:
+        """One round on the checkpointer's own connection (busy timeout 0). A
+        RESTART only follows a PASSIVE round that copied every frame it found: one
+        that could not (a reader in another process still on an older snapshot)
+        means the RESTART would hold the write lock waiting for that reader."""
+        frames, copied = self._checkpoint(conn, "PASSIVE")
+        if frames > self.restart_frames and copied == frames:
             conn.execute(f"PRAGMA busy_timeout={int(1000 * self.RESTART_WAIT_S)}")
             try:
                 self._checkpoint(conn, "RESTART")
@@ -236,16 +239,17 @@ class Checkpointer:
                 conn.execute("PRAGMA busy_timeout=0")
 
     @staticmethod
-    def _checkpoint(conn: sqlite3.Connection, mode: str) -> int:
-        """Run one checkpoint; the frames in the log as it found them (0 if it could not run)."""
+    def _checkpoint(conn: sqlite3.Connection, mode: str) -> tuple[int, int]:
+        """Run one checkpoint: (frames in the log as it found them, frames copied);
+        (0, 0) if it could not run."""
         try:
-            _busy, frames, _copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-            return frames
+            _busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return frames, copied
         except sqlite3.OperationalError as exc:  # busy: the next round does it
             log.debug("checkpoint %s skipped: %s", mode, exc)
         except Exception:  # noqa: BLE001 - the thread must outlive one bad round, or the log grows unchecked
             log.exception("checkpoint %s failed; trying again next round", mode)
-        return 0
+        return 0, 0
 
     def stop(self) -> None:
         self._stop.set()

@@ -539,10 +539,12 @@ class Deliveries(_Repo):
         """Recipients on `channel` whose first waiting delivery is due (see `due`:
         one waiting out a back-off holds back those after it)."""
         c, w = t.deliveries.c, t.deliveries.alias("waiting").c
-        first = (select(func.min(w.seq))
-                 .where(w.recipient_id == c.recipient_id, w.channel == channel, w.state.in_(("pending", "retrying")))
-                 .scalar_subquery())
-        q = select(c.recipient_id).where(c.channel == channel, c.seq == first, self._due(now))
+        # each recipient's first waiting row, grouped once (a correlated min(seq) per row
+        # made PostgreSQL walk the primary key over every delivered row: 24 s for 2 000)
+        first = (select(func.min(w.seq).label("seq"))
+                 .where(w.channel == channel, w.state.in_(("pending", "retrying")))
+                 .group_by(w.recipient_id).subquery())
+        q = select(c.recipient_id).join_from(t.deliveries, first, c.seq == first.c.seq).where(self._due(now))
         return list((await self.conn.execute(q)).scalars())
 
     async def mark_delivered(self, delivery_ids: Iterable[str], at: datetime) -> None:
