@@ -67,15 +67,12 @@ async def any_credential(request: Request) -> Principal:
     """The API's own descriptions (contract §9: every path but /health needs a
     credential): any live credential, as a bearer token or as the IG console's
     session cookie, so that a browser signed in to the console can read /docs."""
-    from hub.console import SESSION_COOKIE
+    from hub.console import SESSION_COOKIE, principal_for
 
     if request.headers.get("authorization"):
         return await principal(request)
     token = request.cookies.get(SESSION_COOKIE)
-    who = None
-    if token:
-        async with _hub(request).deps.uow() as uow:
-            who = await credentials.authenticate(uow, token)
+    who = await principal_for(request, token) if token else None
     if who is None:
         raise HTTPException(401, "a bearer token (or a console session) is required",
                             headers={"WWW-Authenticate": "Bearer"})

@@ -322,7 +322,8 @@ def _to_login(reason: str, *, clear: bool) -> HTTPException:
     return HTTPException(303, "sign in to the IG console", headers=headers)
 
 
-async def _principal_for(request: Request, token: str) -> Principal | None:
+async def principal_for(request: Request, token: str) -> Principal | None:
+    """The live credential a token names (the console's session, the API's descriptions)."""
     async with _hub(request).deps.uow() as uow:
         return await credentials.authenticate(uow, token)
 
@@ -332,7 +333,7 @@ async def session(request: Request) -> Session:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         raise _to_login("required", clear=False)
-    who = await _principal_for(request, token)
+    who = await principal_for(request, token)
     if who is None:
         raise _to_login("revoked", clear=True)
     if who.role not in CONSOLE_ROLES:
@@ -459,7 +460,7 @@ def _login_page(request: Request, message: str | None, status: int = 200, error:
 async def login_form(request: Request, reason: str | None = None):
     token = request.cookies.get(SESSION_COOKIE)
     if token and reason is None:
-        who = await _principal_for(request, token)
+        who = await principal_for(request, token)
         if who is not None and who.role in CONSOLE_ROLES:
             return _redirect(request, "/console")
     return _login_page(request, LOGIN_REASONS.get(reason or ""), error=reason in ("revoked", "role"))
@@ -472,7 +473,7 @@ async def login(request: Request):
     if form is None or not nonce or not _csrf_ok(form, _mac("login", nonce)):
         return _login_page(request, "The sign-in form had expired. Please try again.", 403, error=True)
     token = form.get("token", "").strip()
-    who = await _principal_for(request, token) if token else None
+    who = await principal_for(request, token) if token else None
     if who is None:
         return _login_page(request, "That token is unknown or has been revoked.", 401, error=True)
     if who.role not in CONSOLE_ROLES:

@@ -101,11 +101,13 @@ DISCLOSURE_COLUMNS = ("delivered_at", "recipient_id", "recipient_name", "recipie
 async def disclosures(uow: UnitOfWork, directory: Directory, nhs_number: str) -> list[dict]:
     """Every delivery made about a person: to whom, when, what kind of event,
     which categories, and the decisions (and so consents) that allowed it. Also
-    every one that may have been made: withheld after an attempt whose outcome is
-    unknown (`outcome` "maybe-delivered", no `delivered_at`)."""
+    every one that may have been made: withheld or dead-lettered after an attempt
+    whose outcome is unknown (`outcome` "maybe-delivered", no `delivered_at`). (A
+    copy narrowed after such an attempt lists the categories of both.)"""
     rows = await uow.deliveries.search(nhs_number=nhs_number, state="delivered", limit=100_000)
-    rows += [r for r in await uow.deliveries.search(nhs_number=nhs_number, state="withheld", limit=100_000)
-             if r.attempts]
+    for state in ("withheld", "dead-lettered"):
+        rows += [r for r in await uow.deliveries.search(nhs_number=nhs_number, state=state, limit=100_000)
+                 if r.attempts]
     rows.sort(key=lambda r: r.seq)
     events = {e.event_id: e.event_type for e in await uow.events.search(nhs_number=nhs_number, limit=100_000)}
     decisions = {d.decision_id: d for d in await uow.decisions.search(nhs_number=nhs_number, limit=100_000)}

@@ -678,6 +678,8 @@ async def _decide_again(uow: UnitOfWork, deps: Deps, rows: list[Any], now: datet
         if g.deliver:  # narrowed: cut again from the event with what is still permitted
             payload, given = await cut_from_event(uow, r.event_id, org, g.permitted, r.address, now)
             ids = [d["decision_id"] for d in changed if d["outcome"] == "permit"]
+            if r.attempts:  # an earlier, wider copy may have reached the recipient: the record keeps both
+                given, ids = set(given) | set(r.categories), [*r.decision_ids, *ids]
             await uow.deliveries.narrow(r.delivery_id, payload=payload, categories=sorted(given), decision_ids=ids)
             verdicts.append(Verdict(r.delivery_id, True, payload))
             continue

@@ -130,6 +130,8 @@ def _route_referral(f, directory: Directory, b: "_Builder") -> Route:
         return b.route()
     if oh is not None:
         why = f"{employer.name}'s OH provider {oh.name} cannot be reached"
+    elif employer is not None and employer.oh_provider:
+        why = f"{employer.name}'s OH provider {employer.oh_provider} is not a known OH provider"
     elif employer is not None:
         why = f"{employer.name} has no OH provider"
     elif f.employment_status in ("self-employed", "unemployed"):

@@ -168,6 +168,19 @@ async def test_a_delivery_withheld_after_a_failed_attempt_is_disclosed_as_maybe_
     assert audit.detail["earlier_attempts"] == 1
 
 
+async def test_a_dead_lettered_delivery_is_disclosed_as_maybe_delivered(hub, webhook):
+    """A POST answered 400 is not retried, but the recipient's server had the copy."""
+    from hub.ig import disclosures
+
+    await consent_for_both(hub)
+    webhook.script.append(Reply(400))
+    refused = f"{await cafe_note(hub)}:{CAFE}"
+    await state_is(hub, refused, "dead-lettered")
+    async with hub.deps.uow() as uow:
+        (listed,) = await disclosures(uow, hub.directory, NHS)
+    assert (listed["delivery_id"], listed["outcome"]) == (refused, "maybe-delivered")
+
+
 async def test_429_honours_retry_after(hub, webhook, clock):
     await consent_for_both(hub)
     webhook.script.append(Reply(429, headers={"Retry-After": "600"}))
