@@ -237,12 +237,14 @@ async def list_decisions(request: Request, nhs_number: str | None = None, recipi
                          since: datetime | None = None, until: datetime | None = None,
                          limit: int = Query(500, ge=1, le=5000),
                          who: Principal = Depends(require(*IG))):
-    """Every consent decision (permit and deny) with its reason and the consents it used."""
+    """Every consent decision (permit and deny) with its reason and the consents it
+    used, oldest first, at most `limit`: `truncated` says whether more match (ask
+    again with a later `since`, or a larger `limit`)."""
     nhs = _nhs(nhs_number) if nhs_number else None
     async with _hub(request).deps.uow() as uow:
         rows = await uow.decisions.search(nhs_number=nhs, recipient_id=recipient, outcome=outcome,
-                                          event_id=event_id, since=since, until=until, limit=limit)
-    return _json({"decisions": [_row(r) for r in rows]})
+                                          event_id=event_id, since=since, until=until, limit=limit + 1)
+    return _json({"decisions": [_row(r) for r in rows[:limit]], "truncated": len(rows) > limit})
 
 
 @ig.get("/api/v1/decisions/{decision_id}")

@@ -151,6 +151,11 @@ async def test_decisions_endpoint_explains_each_refusal(hub, http, creds):
     by_cat = {d["category"]: d for d in decisions}
     assert by_cat["identity"]["reason"] == "Denied: no consent on record for employment-support / identity"
     assert by_cat["identity"]["purpose"] == "employment-support" and by_cat["identity"]["basis"] == []
+    assert r.json()["truncated"] is False
+    # fewer than match: the answer says so, and the rest follow from where it stopped
+    r = await http.get("/api/v1/decisions", headers=bearer(ig), params={"nhs_number": "943 476 5919",
+                                                                        "recipient": "EMP-ACME", "limit": 3})
+    assert len(r.json()["decisions"]) == 3 and r.json()["truncated"] is True
     r = await http.get("/api/v1/decisions", headers=bearer(ig), params={"nhs_number": "123"})
     assert r.status_code == 422
 
