@@ -1,14 +1,16 @@
 """The notice a referrer gets when its referral had nowhere to go (§8): a FHIR
 message answering the referral (MessageHeader.response) with an
 OperationOutcome saying why and where the person can be pointed instead. It
-holds no personal data: the referrer already has the referral it sent."""
+holds no personal data: the referrer already has the referral it sent. It is
+not one of the contract's six events (§3), so its code and its identifier are
+in systems of the hub's own notices, not the event-type and event-id systems."""
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 from typing import Any
 
-from schemas.vocab import EVENT_ID_SYSTEM, EVENT_TYPE_SYSTEM, ORG_ID_SYSTEM
+from schemas.vocab import NOTICE_ID_SYSTEM, NOTICE_TYPE_SYSTEM, ORG_ID_SYSTEM
 
 SIGNPOSTED = "oh-referral-signposted"
 ADVICE = ("The person can be pointed to: their GP; NHS talking therapies or MSK self-referral where "
@@ -25,13 +27,13 @@ def notice_bundle(*, referral_event_id: str, referral_id: str | None, referrer_i
     text = f"Referral {referral_id or ''} could not be routed: {reason}. {ADVICE}".replace("  ", " ")
     return {
         "resourceType": "Bundle",
-        "identifier": {"system": EVENT_ID_SYSTEM, "value": f"{referral_event_id}:signposted"},
+        "identifier": {"system": NOTICE_ID_SYSTEM, "value": f"{referral_event_id}:signposted"},
         "type": "message",
         "timestamp": stamp,
         "entry": [
             {"fullUrl": header_url, "resource": {
                 "resourceType": "MessageHeader",
-                "eventCoding": {"system": EVENT_TYPE_SYSTEM, "code": SIGNPOSTED,
+                "eventCoding": {"system": NOTICE_TYPE_SYSTEM, "code": SIGNPOSTED,
                                 "display": "OH referral signposted"},
                 "destination": [{"name": referrer_name, "endpoint": endpoint, "receiver": {
                     "identifier": {"system": ORG_ID_SYSTEM, "value": referrer_id}, "display": referrer_name}}],

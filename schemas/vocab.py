@@ -6,6 +6,8 @@ from enum import StrEnum
 
 HUB = "https://hub.example.org/fhir"
 EVENT_TYPE_SYSTEM = f"{HUB}/CodeSystem/event-type"
+NOTICE_TYPE_SYSTEM = f"{HUB}/CodeSystem/notice-type"  # the hub's own notices: not one of §3's six events
+NOTICE_ID_SYSTEM = f"{HUB}/Id/notice"
 CATEGORY_SYSTEM = f"{HUB}/CodeSystem/data-category"
 PURPOSE_SYSTEM = f"{HUB}/CodeSystem/purpose"
 EVENT_ID_SYSTEM = f"{HUB}/Id/event"

@@ -119,6 +119,9 @@ async def test_referral_with_nowhere_to_go_is_signposted_and_the_referrer_told(h
     bundle = Bundle.model_validate_json(payload)
     header = bundle.entry[0].resource
     assert header.response.identifier == out.event_id
+    # not one of the six events of §3: its own code system and identifier system
+    from schemas.vocab import EVENT_ID_SYSTEM, EVENT_TYPE_SYSTEM
+    assert header.eventCoding.system != EVENT_TYPE_SYSTEM and bundle.identifier.system != EVENT_ID_SYSTEM
     assert NHS.encode() not in payload and b"Smith" not in payload  # the notice holds no personal data
 
 
